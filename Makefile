@@ -1,0 +1,64 @@
+# vlft build. `make` builds build/vlft; `make test` builds and runs every test;
+# `make asan` builds and tests under AddressSanitizer + UndefinedBehaviorSanitizer;
+# `make debug` builds without optimisation; `make fuzz` runs the fuzz targets.
+
+CC      ?= cc
+PKGS    := yaml-0.1 libcjson
+CFLAGS_BASE := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -Wno-unused-parameter -Werror=implicit-function-declaration \
+               -fopenmp -MMD -MP $(shell pkg-config --cflags $(PKGS))
+LDLIBS  := $(shell pkg-config --libs $(PKGS)) -fopenmp -lm -lpthread
+VERSION := $(shell git describe --always --dirty 2>/dev/null || echo 0.1.0)
+
+BUILD   ?= build
+OPT     ?= -O2 -g
+SAN     ?=
+
+CFLAGS  := $(CFLAGS_BASE) $(OPT) $(SAN) -DVLFT_VERSION='"0.1.0 ($(VERSION))"'
+
+LIB_SRC  := $(shell find src -name '*.c' ! -name main.c ! -path 'src/kernels/cuda/*' | sort)
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
+TEST_SRC := $(sort $(wildcard tests/unit/*.c))
+TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
+
+.PHONY: all debug asan test test-asan fuzz clean demo
+
+all: $(BUILD)/vlft
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/libvlft.a: $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/vlft: $(BUILD)/src/main.o $(BUILD)/libvlft.a
+	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/unit_tests: $(TEST_OBJ) $(BUILD)/libvlft.a
+	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS) -lcriterion
+
+debug:
+	$(MAKE) BUILD=build-debug OPT="-O0 -g3"
+
+asan:
+	$(MAKE) BUILD=build-asan OPT="-O1 -g" SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
+	    build-asan/vlft build-asan/unit_tests
+
+test: $(BUILD)/vlft $(BUILD)/unit_tests
+	tests/run.sh $(BUILD)
+
+test-asan: asan
+	tests/run.sh build-asan
+
+FUZZ_SECONDS ?= 60
+fuzz:
+	tests/fuzz/run.sh $(FUZZ_SECONDS)
+
+demo: $(BUILD)/vlft
+	examples/demo.sh
+
+clean:
+	rm -rf build build-debug build-asan build-fuzz
+
+-include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BUILD)/src/main.d

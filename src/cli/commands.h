@@ -1,0 +1,12 @@
+// commands.h - the entry point of each `vlft COMMAND`. argv[0] is the
+// command's name; the return value is the process exit code.
+#ifndef VLFT_COMMANDS_H
+#define VLFT_COMMANDS_H
+
+enum { EXIT_OK = 0, EXIT_BAD_INPUT = 1, EXIT_USAGE = 2 };
+
+int command_train(int argc, char **argv);
+int command_init_tiny(int argc, char **argv);
+int command_info(int argc, char **argv);
+
+#endif

@@ -1,0 +1,54 @@
+// vlft - fine-tune LLaVA-format vision-language models the LLaMA-Factory way.
+//
+// Command dispatch only: each command parses its flags, calls into the
+// modules, prints the one-line error a module reports, and returns
+//   0 success, 1 bad input (files, values), 2 bad usage (flags).
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/error.h"
+#include "cli/commands.h"
+
+#ifndef VLFT_VERSION
+#define VLFT_VERSION "0.1.0"
+#endif
+
+typedef struct {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *summary;
+} Command;
+
+static const Command commands[] = {
+    {"train", command_train, "fine-tune a model as a LLaMA-Factory YAML recipe says"},
+    {"init-tiny", command_init_tiny, "write a small random LLaVA model in Hugging Face layout"},
+    {"info", command_info, "check a model folder and print its summary"},
+};
+
+static void print_help(FILE *out) {
+    fprintf(out, "usage: vlft COMMAND [ARGS]\n\nFine-tune LLaVA-format vision-language models (Yi-VL) from "
+                 "LLaMA-Factory recipes.\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(out, "  %-10s %s\n", commands[i].name, commands[i].summary);
+    fprintf(out, "\n'vlft COMMAND --help' describes one command; 'vlft --version' prints the version.\n");
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        print_help(stderr);
+        return 2;
+    }
+    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
+        print_help(stdout);
+        return 0;
+    }
+    if (strcmp(argv[1], "--version") == 0) {
+        printf("vlft %s\n", VLFT_VERSION);
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (strcmp(argv[1], commands[i].name) == 0) return commands[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "vlft: unknown command '%s' (see 'vlft --help')\n", argv[1]);
+    return 2;
+}

@@ -1,0 +1,54 @@
+"""Runs every test_* function of tests/python/test_*.py and reports.
+
+Each test module uses plain asserts and the helpers in vlft_testing.py. The
+last line, "python: N passed, M failed", is read by tests/run.sh. A module or
+function name given on the command line (after the build dir) narrows the run.
+"""
+import importlib.util
+import os
+import sys
+import time
+import traceback
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+
+def main():
+    wanted = sys.argv[2:]
+    passed = failed = 0
+    for name in sorted(os.listdir(HERE)):
+        if not (name.startswith("test_") and name.endswith(".py")):
+            continue
+        spec = importlib.util.spec_from_file_location(name[:-3], os.path.join(HERE, name))
+        module = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(module)
+        except Exception:
+            print(f"FAIL {name}: import failed")
+            traceback.print_exc()
+            failed += 1
+            continue
+        for attr in sorted(dir(module)):
+            if not attr.startswith("test_") or not callable(getattr(module, attr)):
+                continue
+            full = f"{name[:-3]}.{attr}"
+            if wanted and not any(w in full for w in wanted):
+                continue
+            start = time.time()
+            try:
+                getattr(module, attr)()
+            except Exception:
+                print(f"FAIL {full} ({time.time() - start:.1f}s)")
+                traceback.print_exc()
+                failed += 1
+            else:
+                print(f"ok   {full} ({time.time() - start:.1f}s)")
+                passed += 1
+            sys.stdout.flush()
+    print(f"python: {passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages vlft builds, runs and tests with.
+# Run as root (or with sudo available). Idempotent.
+set -euo pipefail
+packages=(
+    build-essential pkg-config git
+    libyaml-dev libcjson-dev          # recipes, JSON configs
+    libcriterion-dev                  # C unit tests
+    python3 python3-numpy             # test-time references ...
+    python3-torch python3-sentencepiece python3-pil
+    clang libclang-rt-14-dev          # sanitizers and libFuzzer
+)
+if [ -n "${VLFT_EXTRA_PACKAGES:-}" ]; then
+    # shellcheck disable=SC2206
+    packages+=(${VLFT_EXTRA_PACKAGES})
+fi
+sudo=""
+[ "$(id -u)" -ne 0 ] && sudo="sudo"
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update -q
+    $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
