@@ -5,6 +5,9 @@ set -euo pipefail
 packages=(
     build-essential pkg-config git
     libyaml-dev libcjson-dev          # recipes, JSON configs
+    libpng-dev libjpeg62-turbo-dev    # images
+    libopenblas-dev                   # CPU GEMMs
+    libcairo2-dev                     # loss plots
     libcriterion-dev                  # C unit tests
     python3 python3-numpy             # test-time references ...
     python3-torch python3-sentencepiece python3-pil
