@@ -255,8 +255,10 @@ int recipe_parse(Recipe *r, const char *text, size_t length, const char *path, F
     while (!done && rc == 0) {
         yaml_event_t e;
         if (!yaml_parser_parse(&parser, &e)) {
-            rc = error_set(err, "%s:%zu: invalid YAML: %s", path, parser.problem_mark.line + 1,
-                           parser.problem ? parser.problem : "syntax error");
+            // Where a construct began (an unclosed quote, say) helps more than where it broke.
+            size_t error_line = (parser.context ? parser.context_mark.line : parser.problem_mark.line) + 1;
+            rc = error_set(err, "%s:%zu: invalid YAML: %s%s%s", path, error_line, parser.context ? parser.context : "",
+                           parser.context ? ": " : "", parser.problem ? parser.problem : "syntax error");
             break;
         }
         int line = (int)e.start_mark.line + 1;
