@@ -24,6 +24,7 @@ static const Command commands[] = {
     {"train", command_train, "fine-tune a model as a LLaMA-Factory YAML recipe says"},
     {"init-tiny", command_init_tiny, "write a small random LLaVA model in Hugging Face layout"},
     {"info", command_info, "check a model folder and print its summary"},
+    {"tensors", command_tensors, "list (or copy) the tensors of a safetensors file or folder"},
 };
 
 static void print_help(FILE *out) {

@@ -241,6 +241,22 @@ static int store_value(Recipe *r, const RecipeKey *k, const yaml_event_t *e, con
     return 0;
 }
 
+// Consumes the rest of a list or mapping whose start event was just read
+// (the value of an ignored key).
+static int skip_collection(yaml_parser_t *parser, const char *path, int line, Error *err) {
+    int depth = 1;
+    while (depth > 0) {
+        yaml_event_t inner;
+        if (!yaml_parser_parse(parser, &inner)) return error_set(err, "%s:%d: invalid YAML", path, line);
+        if (inner.type == YAML_SEQUENCE_START_EVENT || inner.type == YAML_MAPPING_START_EVENT) depth++;
+        if (inner.type == YAML_SEQUENCE_END_EVENT || inner.type == YAML_MAPPING_END_EVENT) depth--;
+        int ended = inner.type == YAML_STREAM_END_EVENT;
+        yaml_event_delete(&inner);
+        if (ended) return error_set(err, "%s:%d: invalid YAML", path, line);
+    }
+    return 0;
+}
+
 int recipe_parse(Recipe *r, const char *text, size_t length, const char *path, FILE *warn_out, Error *err) {
     recipe_defaults(r);
     yaml_parser_t parser;
@@ -271,6 +287,9 @@ int recipe_parse(Recipe *r, const char *text, size_t length, const char *path, F
             if (state == 0 && !seen_mapping) {
                 state = 1;
                 seen_mapping = 1;
+            } else if (state == 2 && skip_value) {
+                rc = skip_collection(&parser, path, line, err);
+                state = 1;
             } else if (state == 2) {
                 rc = error_set(err, "%s:%d: %s: expected %s, got a mapping", path, line, key,
                                current ? type_name(current->type) : "a value");
@@ -282,16 +301,7 @@ int recipe_parse(Recipe *r, const char *text, size_t length, const char *path, F
         case YAML_SEQUENCE_START_EVENT:
             if (state != 2) { rc = error_set(err, "%s:%d: expected a mapping of keys", path, line); break; }
             if (skip_value) {
-                // an ignored key's list value: consume it
-                int depth = 1;
-                while (depth > 0 && rc == 0) {
-                    yaml_event_t inner;
-                    if (!yaml_parser_parse(&parser, &inner)) { rc = error_set(err, "%s:%d: invalid YAML", path, line); break; }
-                    if (inner.type == YAML_SEQUENCE_START_EVENT || inner.type == YAML_MAPPING_START_EVENT) depth++;
-                    if (inner.type == YAML_SEQUENCE_END_EVENT || inner.type == YAML_MAPPING_END_EVENT) depth--;
-                    if (inner.type == YAML_STREAM_END_EVENT) { rc = error_set(err, "%s:%d: invalid YAML", path, line); }
-                    yaml_event_delete(&inner);
-                }
+                rc = skip_collection(&parser, path, line, err);
                 state = 1;
                 break;
             }

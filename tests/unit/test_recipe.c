@@ -206,3 +206,14 @@ Test(recipe, print_config_lists_every_key) {
     cr_assert(strstr(out, "adapter_name_or_path: null\n") != NULL);
     recipe_free(&r);
 }
+
+Test(recipe, ignored_keys_with_collection_values_are_skipped) {
+    Recipe r;
+    Error err;
+    char w[1024] = "";
+    cr_assert_eq(parse(&r, "report_to: none\nddp_timeout: 5\nflash_attn:\n  a: 1\n  b: [1, 2]\ncutoff_len: 7\n", &err, w, sizeof w),
+                 0, "%s", err.message);
+    cr_assert_eq(r.cutoff_len, 7);
+    cr_assert(strstr(w, "'flash_attn'") != NULL, "%s", w);
+    recipe_free(&r);
+}
