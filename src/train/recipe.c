@@ -84,6 +84,10 @@ static const RecipeKey recipe_keys[] = {
     KEY(threads, KEY_INT),
     KEY(deepspeed, KEY_STRING),
     KEY(zero_stage, KEY_INT),
+    KEY(export_dir, KEY_STRING),
+    KEY(export_size, KEY_INT),
+    KEY(export_legacy_format, KEY_BOOL),
+    KEY(export_quantization_bit, KEY_INT),
 };
 
 // Keys LLaMA-Factory or transformers accept that change nothing in vlft.
@@ -97,7 +101,7 @@ static const char *const ignored_keys[] = {
     "packing", "neat_packing", "streaming", "buffer_size", "mix_strategy", "interleave_probs", "shift_attn",
     "rope_scaling", "low_cpu_mem_usage", "infer_backend", "vllm_maxlen", "moe_aux_loss_coef", "gradient_checkpointing",
     "freeze_language_model", "ignore_pad_token_for_loss", "predict_with_generate", "do_predict", "log_level",
-    "disable_tqdm", "dataloader_drop_last", "overwrite_output_dir_warning", NULL,
+    "disable_tqdm", "dataloader_drop_last", "export_device", "export_hub_model_id", "infer_dtype", NULL,
 };
 
 static const RecipeKey *find_key(const char *name) {
@@ -151,6 +155,7 @@ void recipe_defaults(Recipe *r) {
     set_string(&r->eval_strategy, "no");
     set_string(&r->device, "auto");
     r->zero_stage = -1;
+    r->export_size = 5;
 }
 
 void recipe_free(Recipe *r) {
