@@ -1,6 +1,7 @@
 #include "plot.h"
 
 #include <cairo.h>
+#include <fontconfig/fontconfig.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -187,6 +188,11 @@ int plot_loss_png(const char *path, const char *title, const char *ylabel, const
     PngBuffer png = {0};
     cairo_status_t status = cairo_surface_write_to_png_stream(surface, png_to_buffer, &png);
     cairo_surface_destroy(surface);
+    // cairo keeps the fonts it looked up in static caches for the whole
+    // process; release them so nothing outlives the plot (and LeakSanitizer
+    // sees no fontconfig leftovers). vlft draws from one thread only.
+    cairo_debug_reset_static_data();
+    FcFini();
     free(smoothed);
     if (status != CAIRO_STATUS_SUCCESS) {
         free(png.data);
