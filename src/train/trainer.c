@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "../base/fs.h"
+#include "../io/safetensors.h"
 #include "json_out.h"
 #include "optimizer.h"
 #include "plot.h"
@@ -604,6 +605,39 @@ static int rotate_checkpoints(Trainer *t, Error *err) {
     return 0;
 }
 
+// The fp32 master values of every trainable tensor: what resume restores,
+// bit for bit, whatever dtype save_weights writes for the user (bf16 shards).
+static int save_trainable(const TrainModel *m, const char *path, Error *err) {
+    TensorRef *refs = calloc((size_t)(m->n_params > 0 ? m->n_params : 1), sizeof *refs);
+    if (refs == NULL) return error_set(err, "%s: out of memory", path);
+    for (int i = 0; i < m->n_params; i++) {
+        refs[i].name = m->params[i].name;
+        refs[i].dtype = DTYPE_F32;
+        refs[i].ndim = 1;
+        refs[i].shape[0] = (int64_t)m->params[i].numel;
+        refs[i].data = m->params[i].value;
+    }
+    int rc = safetensors_write(path, refs, m->n_params, NULL, err);
+    free(refs);
+    return rc;
+}
+
+static int load_trainable(TrainModel *m, const char *path, Error *err) {
+    Safetensors st;
+    if (safetensors_open_file(&st, path, err) != 0) return -1;
+    int rc = 0;
+    if (st.n_tensors != m->n_params)
+        rc = error_set(err, "%s: holds %d tensors, the model trains %d", path, st.n_tensors, m->n_params);
+    for (int i = 0; i < m->n_params && rc == 0; i++) {
+        const TensorInfo *t = safetensors_get(&st, m->params[i].name);
+        if (t == NULL || t->dtype != DTYPE_F32 || t->numel != m->params[i].numel)
+            rc = error_set(err, "%s: no F32 tensor %s of %zu elements", path, m->params[i].name, m->params[i].numel);
+        else memcpy(m->params[i].value, t->data, t->nbytes);
+    }
+    safetensors_close(&st);
+    return rc;
+}
+
 // Saves the state after the last completed update as checkpoint-N: written
 // into a hidden temporary folder, then renamed into place.
 static int save_checkpoint(Trainer *t, int training_stopped, Error *err) {
@@ -615,6 +649,8 @@ static int save_checkpoint(Trainer *t, int training_stopped, Error *err) {
     remove_tree(temp_dir);
     if (make_dirs(temp_dir, err) != 0) return -1;
     if (t->model->save_weights(t->model->ctx, temp_dir, err) != 0) goto fail;
+    snprintf(path, sizeof path, "%s/trainable.safetensors", temp_dir);
+    if (save_trainable(t->model, path, err) != 0) goto fail;
     snprintf(path, sizeof path, "%s/optimizer.safetensors", temp_dir);
     if (adamw_save(&t->adamw, t->model->params, t->model->n_params, path, err) != 0) goto fail;
     if (write_trainer_state(t, temp_dir, training_stopped, err) != 0) goto fail;
@@ -751,7 +787,14 @@ static int load_checkpoint(Trainer *t, const char *dir, Error *err) {
     if (p.global_step < 0 || p.global_step > t->plan.max_steps || p.epoch < 0 || p.micro < 0 ||
         p.micro > t->plan.batches_per_epoch)
         return error_set(err, "%s: trainer state out of range", path);
-    if (t->model->load_weights(t->model->ctx, dir, err) != 0) return -1;
+    snprintf(path, sizeof path, "%s/trainable.safetensors", dir);
+    if (file_exists(path)) {
+        if (load_trainable(t->model, path, err) != 0) return -1;
+    } else if (t->model->load_weights == NULL) {
+        return error_set(err, "%s: missing, and the model cannot load its weights back", path);
+    } else if (t->model->load_weights(t->model->ctx, dir, err) != 0) {
+        return -1;
+    }
     snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
     if (adamw_load(&t->adamw, t->model->params, t->model->n_params, path, err) != 0) return -1;
     if (t->adamw.step != p.global_step)

@@ -68,6 +68,9 @@ typedef struct {
     // Called for every checkpoint (into a temporary folder) and at the end.
     int (*save_weights)(void *ctx, const char *dir, Error *err);
     // Loads the trainable values back from a folder save_weights wrote.
+    // Optional (NULL): checkpoints also hold the fp32 values of params in
+    // trainable.safetensors, which is what resume restores; this is only
+    // the fallback for a checkpoint without that file.
     int (*load_weights)(void *ctx, const char *dir, Error *err);
 } TrainModel;
 

@@ -170,7 +170,8 @@ def test_checkpoint_rotation_and_contents():
     assert checkpoints == ["checkpoint-11", "checkpoint-12"], checkpoints
     assert not [name for name in os.listdir(out) if "tmp" in name]
     last = os.path.join(out, "checkpoint-12")
-    assert sorted(os.listdir(last)) == ["model.safetensors", "optimizer.safetensors", "trainer_state.json", "vlft_state.json"]
+    assert sorted(os.listdir(last)) == ["model.safetensors", "optimizer.safetensors", "trainable.safetensors",
+                                        "trainer_state.json", "vlft_state.json"]
     weights = read_safetensors(os.path.join(last, "model.safetensors"))[0]
     final = final_params(out)
     for name in final:
@@ -267,6 +268,8 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes():
     step = int(checkpoints[0].split("-")[1])
     with open(os.path.join(out, checkpoints[0], "vlft_state.json")) as f:
         assert json.load(f)["global_step"] == step
+    # without trainable.safetensors resume falls back on the model's load_weights
+    os.remove(os.path.join(out, checkpoints[0], "trainable.safetensors"))
     resume, _ = write_recipe(folder, out, name="resume.yaml", resume_from_checkpoint=os.path.join(out, checkpoints[0]), **common)
     result = run_vlft("_train-toy", resume, "--noise", "0.2")
     assert f"step {step}" in result.stderr
