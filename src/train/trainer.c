@@ -951,7 +951,7 @@ static int one_update(Trainer *t, double update_loss, Error *err, int *stop) {
         if (evaluate(t, err) != 0 || log_line(t, &t->log[t->n_log - 1], err) != 0) return -1;
     }
     t->boundary = *now;
-    progress_update(t, update_loss, next_lr, 0);
+    progress_update(t, update_loss, next_lr, *stop);
     if (now->global_step % o->save_steps == 0 || *stop) return save_checkpoint(t, *stop, err);
     return 0;
 }
@@ -1156,7 +1156,6 @@ int trainer_run(const TrainerOptions *opt, TrainModel *model, const int *train_i
             rc = TRAIN_INTERRUPTED;
         }
     } else if (rc == 0) {
-        if (opt->progress && t.tty) fputc('\n', stderr);
         rc = finish(&t, t.start_time, err);
     }
     sigaction(SIGINT, &previous, NULL);

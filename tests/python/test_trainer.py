@@ -302,3 +302,35 @@ def test_output_dir_rules():
     # LLaMA-Factory resumes by itself from the last checkpoint of a non-empty output_dir
     result = run_vlft("_train-toy", recipe)
     assert "resuming from" in result.stderr and "checkpoint-12" in result.stderr
+
+
+def test_progress_bar_on_a_terminal_and_lines_otherwise():
+    import pty
+    folder = tempdir()
+    make_toy(folder)
+    recipe, _ = write_recipe(folder, os.path.join(folder, "out"), logging_steps=4)
+    master, slave = pty.openpty()
+    process = subprocess.Popen([VLFT, "_train-toy", recipe], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=slave)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    assert process.wait() == 0
+    os.close(master)
+    text = b"".join(chunks).decode()
+    bars = [part for part in text.split("\r") if "/12 loss" in part]
+    assert len(bars) >= 12, text  # one redraw per update
+    assert "12/12" in bars[-1] and "samples/s" in bars[-1] and "ETA" in bars[-1] and "lr" in bars[-1]
+    # not a terminal: plain lines at each logging step, no carriage returns
+    recipe2, _ = write_recipe(folder, os.path.join(folder, "out2"), name="r2.yaml", logging_steps=4)
+    result = run_vlft("_train-toy", recipe2)
+    assert "\r" not in result.stderr
+    steps = [line.split()[1] for line in result.stderr.splitlines() if line.startswith("step ")]
+    assert steps == ["4/12", "8/12", "12/12"], result.stderr
