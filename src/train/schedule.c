@@ -52,6 +52,15 @@ int schedule_plan(TrainPlan *plan, int n_samples, int batch_size, int grad_accum
     return 0;
 }
 
+int schedule_micro_batches_run(const TrainPlan *plan) {
+    int ga = plan->grad_accum, batches = plan->batches_per_epoch;
+    if (ga == 1) return batches;
+    int last_chunk = plan->n_samples % ga;
+    if (last_chunk == 0) last_chunk = ga;
+    int run = (batches / ga) * ga + last_chunk;
+    return run < batches ? run : batches;
+}
+
 double schedule_lambda(ScheduleKind kind, int step, int warmup_steps, int total_steps) {
     if (kind == SCHEDULE_CONSTANT) return 1.0;
     if (step < warmup_steps) return (double)step / (double)(warmup_steps > 1 ? warmup_steps : 1);

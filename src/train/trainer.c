@@ -962,11 +962,12 @@ static int train_loop(Trainer *t, int *interrupted, Error *err) {
     const TrainPlan *plan = &t->plan;
     int stop = t->now.global_step >= plan->max_steps;
     double update_loss = 0;
+    int batches_run = schedule_micro_batches_run(plan);
     for (int epoch = t->now.epoch; epoch < plan->num_epochs && !stop; epoch++) {
         epoch_order(t->order, t->n_train, o->seed, epoch);
         int first = epoch == t->now.epoch ? t->now.micro : 0;
         t->now.epoch = epoch;
-        for (int b = first; b < plan->batches_per_epoch && !stop; b++) {
+        for (int b = first; b < batches_run && !stop; b++) {
             int begin = b * plan->batch_size;
             int n = t->n_train - begin < plan->batch_size ? t->n_train - begin : plan->batch_size;
             for (int i = 0; i < n; i++) t->batch_ids[i] = t->train_ids[t->order[begin + i]];
@@ -982,7 +983,7 @@ static int train_loop(Trainer *t, int *interrupted, Error *err) {
             if (sync) {
                 t->now.micro = b + 1;
                 t->now.epoch_progress = epoch + (double)(b + 1) / plan->batches_per_epoch;
-                if (t->now.micro == plan->batches_per_epoch) {  // the next micro-batch starts a new epoch
+                if (t->now.micro >= batches_run) {  // the next micro-batch starts a new epoch
                     t->now.epoch = epoch + 1;
                     t->now.micro = 0;
                 }
@@ -995,8 +996,9 @@ static int train_loop(Trainer *t, int *interrupted, Error *err) {
             }
         }
         if (!stop && o->eval_strategy == EVAL_EPOCH && t->n_eval > 0 && m->eval_loss) {
+            // (the position stays at the last update: micro-batches run after it
+            // may still be waiting for the next epoch's first update)
             if (evaluate(t, err) != 0 || log_line(t, &t->log[t->n_log - 1], err) != 0) return -1;
-            t->boundary = t->now;
         }
     }
     return 0;

@@ -70,17 +70,21 @@ def test_parity_with_pytorch_loop():
 
 
 def test_parity_linear_max_steps_and_warmup_steps():
+    # 37 samples / batch 4 = 10 micro-batches, accumulation 4: transformers 4.50
+    # runs 8 + (37 % 4 = 1) of them an epoch; the 9th waits for the next epoch's
+    # first update and the 10th is never run.
     folder = tempdir()
-    tensors = make_toy(folder, n=30)
+    tensors = make_toy(folder, n=37)
     out = os.path.join(folder, "out")
     recipe, cfg = write_recipe(folder, out, lr_scheduler_type="linear", max_steps=7, warmup_steps=2,
-                               gradient_accumulation_steps=3, per_device_train_batch_size=2, val_size=0,
+                               gradient_accumulation_steps=4, per_device_train_batch_size=4, val_size=0,
                                weight_decay=0.0, max_grad_norm=1.0, learning_rate=0.02)
     updates_path = os.path.join(folder, "updates.jsonl")
     run_vlft("_train-toy", recipe, "--updates", updates_path)
     ref = reference_run(tensors, cfg)
     got = read_jsonl(updates_path)
     assert len(got) == len(ref["updates"]) == 7
+    assert [u["micro_batches"] for u in ref["updates"]] == [4, 4, 5, 4, 5, 4, 5]
     for mine, theirs in zip(got, ref["updates"]):
         assert abs(mine["loss"] - theirs["loss"]) < 1e-5 and abs(mine["lr"] - theirs["lr"]) < 1e-12, (mine, theirs)
     params = final_params(out)
@@ -204,9 +208,13 @@ def _wait_for(path, timeout=20):
 
 
 def test_kill_and_resume_is_bitwise_identical():
+    # 37 samples, batch 4, accumulation 4: each epoch leaves one micro-batch
+    # waiting for the next epoch's first update (see schedule.h), which a
+    # resume has to replay too
     folder = tempdir()
-    make_toy(folder)
-    common = dict(num_train_epochs=6, save_steps=2, save_total_limit=3, logging_steps=1, val_size=0.1)
+    make_toy(folder, n=37)
+    common = dict(num_train_epochs=6, save_steps=2, save_total_limit=3, logging_steps=1, val_size=0,
+                  gradient_accumulation_steps=4)
     reference_out = os.path.join(folder, "reference")
     recipe, _ = write_recipe(folder, reference_out, name="reference.yaml", **common)
     run_vlft("_train-toy", recipe, "--noise", "0.3")
@@ -236,8 +244,10 @@ def test_kill_and_resume_is_bitwise_identical():
         break
     assert kills == 3 and resumable_kills >= 2, resumable_kills
     assert _tensors_equal(out, reference_out), "resumed run differs from the uninterrupted one"
-    a = read_safetensors(os.path.join(out, "checkpoint-24", "optimizer.safetensors"))[0]
-    b = read_safetensors(os.path.join(reference_out, "checkpoint-24", "optimizer.safetensors"))[0]
+    with open(os.path.join(reference_out, "trainer_state.json")) as f:
+        last = f"checkpoint-{json.load(f)['global_step']}"
+    a = read_safetensors(os.path.join(out, last, "optimizer.safetensors"))[0]
+    b = read_safetensors(os.path.join(reference_out, last, "optimizer.safetensors"))[0]
     assert all(a[k].tobytes() == b[k].tobytes() for k in b)
     strip = lambda lines: [{k: v for k, v in line.items() if not k.endswith("_time")} for line in lines]
     assert strip(read_jsonl(os.path.join(out, "trainer_log.jsonl"))) == strip(read_jsonl(os.path.join(reference_out, "trainer_log.jsonl")))

@@ -155,28 +155,44 @@ def reference_run(tensors, cfg):
          {"params": [params["fc1.bias"], params["fc2.bias"]], "weight_decay": 0.0}],
         lr=cfg["learning_rate"], betas=(cfg["adam_beta1"], cfg["adam_beta2"]), eps=cfg["adam_epsilon"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_lambda(cfg["lr_scheduler_type"], warmup, max_steps))
-    updates, step, done = [], 0, False
+    # transformers 4.50's _inner_training_loop: the epoch is fetched in chunks of
+    # `ga` micro-batches, the last chunk holding num_examples % ga (or ga) of them;
+    # an update follows micro-batch `step` when (step + 1) % ga == 0 or it is the
+    # epoch's last; grads are zeroed only after an update.
+    updates, global_step, done = [], 0, False
+    pending, pending_batches = 0.0, 0
+    num_examples = len(train_ids)
     for epoch in range(epochs):
         order = shuffled(len(train_ids), cfg["seed"] + epoch)
-        pending = 0.0
-        for b in range(batches):
-            ids = [train_ids[i] for i in order[b * bs:(b + 1) * bs]]
-            loss = forward(ids)
-            (loss / ga).backward()
-            pending += loss.item() / ga
-            if (b + 1) % ga == 0 or b + 1 == batches:
-                lr = optimizer.param_groups[0]["lr"]
-                norm = torch.nn.utils.clip_grad_norm_(list(params.values()), cfg["max_grad_norm"]).item()
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
+        iterator = iter([[train_ids[i] for i in order[b * bs:(b + 1) * bs]] for b in range(batches)])
+        remainder = num_examples % ga or ga
+        total_updates = batches // ga + 1 - (1 if ga == 1 else 0)
+        step = -1
+        for update_step in range(total_updates):
+            num_batches = ga if update_step != total_updates - 1 else remainder
+            chunk = [batch for _, batch in zip(range(num_batches), iterator)]
+            for ids in chunk:
                 step += 1
-                updates.append(dict(step=step, loss=pending, lr=lr, grad_norm=norm, next_lr=scheduler.get_last_lr()[0],
-                                    epoch=epoch + (b + 1) / batches, micro_batches=(b % ga) + 1))
-                pending = 0.0
-                if step >= max_steps:
-                    done = True
-                    break
+                loss = forward(ids)
+                (loss / ga).backward()
+                pending += loss.item() / ga
+                pending_batches += 1
+                if (step + 1) % ga == 0 or step + 1 == batches:
+                    lr = optimizer.param_groups[0]["lr"]
+                    norm = torch.nn.utils.clip_grad_norm_(list(params.values()), cfg["max_grad_norm"]).item()
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+                    global_step += 1
+                    updates.append(dict(step=global_step, loss=pending, lr=lr, grad_norm=norm,
+                                        next_lr=scheduler.get_last_lr()[0], epoch=epoch + (step + 1) / batches,
+                                        micro_batches=pending_batches))
+                    pending, pending_batches = 0.0, 0
+                    if global_step >= max_steps:
+                        done = True
+                        break
+            if done:
+                break
         if done:
             break
     eval_loss = None

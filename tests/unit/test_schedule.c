@@ -81,3 +81,22 @@ Test(schedule, lambdas) {
     cr_assert_float_eq(schedule_lambda(SCHEDULE_LINEAR, 0, 0, 1), 1.0, 1e-15);
     cr_assert_float_eq(schedule_lambda(SCHEDULE_COSINE, 0, 1, 1), 0.0, 1e-15);
 }
+
+Test(schedule, micro_batches_run_per_epoch_as_transformers_4_50) {
+    // 37 samples, batch 4 -> 10 micro-batches; accumulation 4: chunks 4, 4, then
+    // 37 % 4 = 1 -> 9 run, the 10th never
+    TrainPlan p = plan_of(37, 4, 4, 1, 0, 0, 0);
+    cr_assert_eq(schedule_micro_batches_run(&p), 9);
+    // 36 samples, batch 4 -> 9; accumulation 2: 36 % 2 = 0 -> last chunk of 2, all 9 run
+    p = plan_of(36, 4, 2, 1, 0, 0, 0);
+    cr_assert_eq(schedule_micro_batches_run(&p), 9);
+    // batch 1: samples = micro-batches, always all
+    p = plan_of(13, 1, 4, 1, 0, 0, 0);
+    cr_assert_eq(schedule_micro_batches_run(&p), 13);
+    // no accumulation: all
+    p = plan_of(37, 4, 1, 1, 0, 0, 0);
+    cr_assert_eq(schedule_micro_batches_run(&p), 10);
+    // fewer micro-batches than one accumulation: 3 samples, batch 2 -> 2; accumulation 8: 3 % 8 = 3 -> 2
+    p = plan_of(3, 2, 8, 1, 0, 0, 0);
+    cr_assert_eq(schedule_micro_batches_run(&p), 2);
+}
