@@ -38,6 +38,7 @@ typedef struct {
     int step;
     double epoch;
     double loss, grad_norm, learning_rate;                             // LOG_TRAIN
+    int has_grad_norm;  // transformers logs grad_norm only when it clips (max_grad_norm > 0)
     double eval_loss, eval_runtime, eval_samples_ps, eval_steps_ps;    // LOG_EVAL
     double train_loss, train_runtime, train_samples_ps, train_steps_ps;  // LOG_FINAL
 } LogEntry;
@@ -407,8 +408,10 @@ static void write_log_entry(JsonOut *j, const LogEntry *e) {
     json_key(j, "epoch");
     json_double(j, e->epoch);
     if (e->kind == LOG_TRAIN) {
-        json_key(j, "grad_norm");
-        json_double(j, e->grad_norm);
+        if (e->has_grad_norm) {
+            json_key(j, "grad_norm");
+            json_double(j, e->grad_norm);
+        }
         json_key(j, "learning_rate");
         json_double(j, e->learning_rate);
         json_key(j, "loss");
@@ -706,7 +709,7 @@ static int load_log_history(Trainer *t, const char *dir, Error *err) {
         json_get_double(item, "epoch", &e.epoch);
         if (json_get_double(item, "loss", &e.loss) == 0) {
             e.kind = LOG_TRAIN;
-            json_get_double(item, "grad_norm", &e.grad_norm);
+            e.has_grad_norm = json_get_double(item, "grad_norm", &e.grad_norm) == 0;
             json_get_double(item, "learning_rate", &e.learning_rate);
         } else if (json_get_double(item, "eval_loss", &e.eval_loss) == 0) {
             e.kind = LOG_EVAL;
@@ -941,6 +944,7 @@ static int one_update(Trainer *t, double update_loss, Error *err, int *stop) {
         LogEntry e = {.kind = LOG_TRAIN, .step = now->global_step, .epoch = now->epoch_progress};
         e.loss = round_to(now->loss_since_log / (now->global_step - now->last_logged_step), 4);
         e.grad_norm = grad_norm;
+        e.has_grad_norm = o->max_grad_norm > 0;
         e.learning_rate = next_lr;
         now->loss_since_log = 0;
         now->last_logged_step = now->global_step;

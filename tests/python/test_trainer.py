@@ -135,6 +135,13 @@ def test_output_files_and_fields():
     with open(os.path.join(out, "trainer_state.json")) as f:
         text = f.read()
     assert text == json.dumps(state, indent=2, sort_keys=True) + "\n", "trainer_state.json should be json.dump(indent=2, sort_keys)"
+    # max_grad_norm 0: no clipping, and transformers then logs no grad_norm
+    out2 = os.path.join(folder, "out2")
+    recipe2, _ = write_recipe(folder, out2, name="r2.yaml", max_grad_norm=0)
+    run_vlft("_train-toy", recipe2)
+    with open(os.path.join(out2, "trainer_state.json")) as f:
+        history = json.load(f)["log_history"]
+    assert all("grad_norm" not in e for e in history) and any("loss" in e for e in history)
 
 
 def test_loss_plots_are_valid_png():
