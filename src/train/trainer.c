@@ -16,6 +16,7 @@
 
 #include "../base/fs.h"
 #include "../io/safetensors.h"
+#include "data_order.h"
 #include "json_out.h"
 #include "optimizer.h"
 #include "plot.h"
@@ -259,6 +260,7 @@ int trainer_split_ids(int n, double val_size, int seed, int **train_ids, int *n_
     if (n < 1) return error_set(err, "dataset is empty");
     int n_test = 0;
     if (val_size > 0) n_test = val_size < 1 ? (int)ceil(val_size * n) : (int)val_size;
+    if (seed < 0) return error_set(err, "seed must not be negative (got %d)", seed);
     if (n_test >= n)
         return error_set(err, "val_size %g leaves no training samples out of %d", val_size, n);
     int *perm = malloc((size_t)n * sizeof *perm);
@@ -270,17 +272,11 @@ int trainer_split_ids(int n, double val_size, int seed, int **train_ids, int *n_
         free(test);
         return error_set(err, "out of memory splitting %d samples", n);
     }
-    for (int i = 0; i < n; i++) perm[i] = i;
-    if (n_test > 0) {
-        Rng rng;
-        rng_seed(&rng, (uint64_t)(int64_t)seed);
-        for (int i = n - 1; i > 0; i--) {
-            int j = (int)rng_below(&rng, (uint64_t)i + 1);
-            int t = perm[i];
-            perm[i] = perm[j];
-            perm[j] = t;
-        }
-    }
+    // datasets' train_test_split: numpy.random.default_rng(seed).permutation(n),
+    // test = the first n_test, train = the rest
+    if (n_test > 0) numpy_permutation(perm, n, (uint64_t)seed);
+    else
+        for (int i = 0; i < n; i++) perm[i] = i;
     memcpy(test, perm, (size_t)n_test * sizeof *test);
     memcpy(train, perm + n_test, (size_t)(n - n_test) * sizeof *train);
     free(perm);
@@ -293,19 +289,11 @@ int trainer_split_ids(int n, double val_size, int seed, int **train_ids, int *n_
 
 // ---------------------------------------------------------------- data order
 
-// The permutation of epoch e: Fisher-Yates driven by an Rng seeded with
-// seed + e (like a sampler reseeded every epoch), so any epoch's order can be
-// rebuilt on resume without replaying the earlier ones.
+// The permutation of epoch e, as transformers' sampler draws it:
+// torch.randperm(n) from a generator seeded with seed + e. Any epoch's order
+// can be rebuilt on resume without replaying the earlier ones.
 static void epoch_order(int *order, int n, int seed, int epoch) {
-    Rng rng;
-    rng_seed(&rng, (uint64_t)((int64_t)seed + epoch));
-    for (int i = 0; i < n; i++) order[i] = i;
-    for (int i = n - 1; i > 0; i--) {
-        int j = (int)rng_below(&rng, (uint64_t)i + 1);
-        int t = order[i];
-        order[i] = order[j];
-        order[j] = t;
-    }
+    torch_randperm(order, n, (uint64_t)((int64_t)seed + epoch));
 }
 
 // ---------------------------------------------------------------- logs

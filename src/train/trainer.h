@@ -3,9 +3,10 @@
 // gradients can be trained by it.
 //
 // What the trainer owns (as transformers' Trainer + LLaMA-Factory do it):
-//   data order      a seeded shuffle of the training ids per epoch
-//                   (Fisher-Yates with Rng seeded seed + epoch), cut into
-//                   micro-batches of batch_size (the last may be short);
+//   data order      the training ids shuffled per epoch exactly as
+//                   transformers' sampler does (torch.randperm seeded with
+//                   seed + epoch, see data_order.h), cut into micro-batches
+//                   of batch_size (the last may be short);
 //   accumulation    each micro-batch's gradient is scaled by 1/grad_accum
 //                   (also in a short final accumulation, as the fixed upstream);
 //   clipping, schedule, AdamW (see optimizer.h / schedule.h);
@@ -122,8 +123,9 @@ int trainer_options_from_recipe(TrainerOptions *opt, const Recipe *recipe, Error
 // LLaMA-Factory does). resume_dir gets the checkpoint folder or "".
 int trainer_check_output_dir(const TrainerOptions *opt, char *resume_dir, size_t size, Error *err);
 
-// Splits ids 0..n-1 into train and eval as val_size says (< 1: fraction,
-// rounded up; >= 1: count), with a seeded shuffle. Arrays are malloc'd.
+// Splits ids 0..n-1 into train and eval as LLaMA-Factory's val_size does
+// (< 1: fraction, rounded up; > 1: count) through datasets'
+// train_test_split(seed): the same ids in the same order. Arrays are malloc'd.
 int trainer_split_ids(int n, double val_size, int seed, int **train_ids, int *n_train, int **eval_ids, int *n_eval,
                       Error *err);
 

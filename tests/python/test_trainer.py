@@ -78,7 +78,7 @@ def test_parity_linear_max_steps_and_warmup_steps():
     out = os.path.join(folder, "out")
     recipe, cfg = write_recipe(folder, out, lr_scheduler_type="linear", max_steps=7, warmup_steps=2,
                                gradient_accumulation_steps=4, per_device_train_batch_size=4, val_size=0,
-                               weight_decay=0.0, max_grad_norm=1.0, learning_rate=0.02)
+                               weight_decay=0.0, max_grad_norm=1.0, learning_rate=0.02, seed=1234)
     updates_path = os.path.join(folder, "updates.jsonl")
     run_vlft("_train-toy", recipe, "--updates", updates_path)
     ref = reference_run(tensors, cfg)

@@ -4,9 +4,10 @@ with decay / no-decay groups, torch.optim.lr_scheduler.LambdaLR with
 transformers' schedule lambdas, torch.nn.utils.clip_grad_norm_) and the
 step arithmetic of transformers' Trainer written out independently here.
 
-The data order is vlft's documented one (trainer.h): a Fisher-Yates shuffle
-per epoch driven by xoshiro256** seeded (splitmix64) with seed + epoch, and
-the val split shuffled with seed; reimplemented here from that description.
+The data order comes from the libraries themselves: the val split is
+numpy.random.default_rng(seed).permutation (datasets' train_test_split), each
+epoch's order torch.randperm with a generator seeded seed + epoch
+(accelerate's SeedableRandomSampler inside transformers' Trainer).
 """
 import math
 import os
@@ -16,59 +17,20 @@ import torch
 
 from vlft_testing import write_safetensors
 
-MASK = (1 << 64) - 1
-
-
-class Xoshiro:
-    def __init__(self, seed):
-        x = seed & MASK
-        self.s = []
-        for _ in range(4):
-            x = (x + 0x9E3779B97F4A7C15) & MASK
-            z = x
-            z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK
-            z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK
-            self.s.append(z ^ (z >> 31))
-
-    @staticmethod
-    def _rotl(x, k):
-        return ((x << k) | (x >> (64 - k))) & MASK
-
-    def next(self):
-        s = self.s
-        result = (self._rotl((s[1] * 5) & MASK, 7) * 9) & MASK
-        t = (s[1] << 17) & MASK
-        s[2] ^= s[0]
-        s[3] ^= s[1]
-        s[1] ^= s[2]
-        s[0] ^= s[3]
-        s[2] ^= t
-        s[3] = self._rotl(s[3], 45)
-        return result
-
-    def below(self, n):
-        limit = MASK - MASK % n
-        while True:
-            x = self.next()
-            if x < limit:
-                return x % n
-
-
-def shuffled(n, seed):
-    order = list(range(n))
-    rng = Xoshiro(seed)
-    for i in range(n - 1, 0, -1):
-        j = rng.below(i + 1)
-        order[i], order[j] = order[j], order[i]
-    return order
-
-
 def split(n, val_size, seed):
+    """datasets' train_test_split as LLaMA-Factory calls it."""
     n_test = 0
     if val_size > 0:
         n_test = math.ceil(val_size * n) if val_size < 1 else int(val_size)
-    perm = shuffled(n, seed) if n_test > 0 else list(range(n))
-    return perm[n_test:], perm[:n_test]
+    if n_test == 0:
+        return list(range(n)), []
+    permutation = np.random.default_rng(seed).permutation(n).tolist()
+    return permutation[n_test:], permutation[:n_test]
+
+
+def shuffled(n, seed):
+    """transformers' per-epoch order: accelerate's SeedableRandomSampler reseeds with seed + epoch."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
 
 
 def schedule_lambda(kind, warmup, total):
