@@ -59,7 +59,10 @@ void adamw_step(AdamW *opt, ParamRef *params, int n_params, double lr) {
         float *m = opt->exp_avg[i];
         float *v = opt->exp_avg_sq[i];
         int decay = params[i].decay && opt->weight_decay != 0;
-        for (size_t j = 0; j < params[i].numel; j++) {
+        long long numel = (long long)params[i].numel;
+        // element-wise and independent: threads change nothing in the result
+#pragma omp parallel for schedule(static) if (numel > 32768)
+        for (long long j = 0; j < numel; j++) {
             if (decay) p[j] *= decay_keep;
             m[j] = m[j] * beta1 + g[j] * one_minus_beta1;
             v[j] = v[j] * beta2 + one_minus_beta2 * g[j] * g[j];
@@ -69,17 +72,53 @@ void adamw_step(AdamW *opt, ParamRef *params, int n_params, double lr) {
     }
 }
 
+// Sum of squares of x[0..n) in double, over fixed blocks of NORM_BLOCK
+// elements added in block order: the same bits whatever the thread count,
+// so a resumed run on another machine clips exactly as the first one did.
+enum { NORM_BLOCK = 1 << 16 };
+
+static double sum_of_squares(const float *x, size_t n) {
+    long long n_blocks = (long long)((n + NORM_BLOCK - 1) / NORM_BLOCK);
+    double total = 0;
+    if (n_blocks <= 1) {
+        for (size_t j = 0; j < n; j++) total += (double)x[j] * x[j];
+        return total;
+    }
+    double *partial = malloc((size_t)n_blocks * sizeof *partial);
+    if (partial == NULL) {  // no memory for the partial sums: one thread, same blocks
+        for (long long b = 0; b < n_blocks; b++) {
+            double s = 0;
+            for (size_t j = (size_t)b * NORM_BLOCK; j < n && j < (size_t)(b + 1) * NORM_BLOCK; j++) s += (double)x[j] * x[j];
+            total += s;
+        }
+        return total;
+    }
+#pragma omp parallel for schedule(static)
+    for (long long b = 0; b < n_blocks; b++) {
+        double s = 0;
+        size_t end = (size_t)(b + 1) * NORM_BLOCK < n ? (size_t)(b + 1) * NORM_BLOCK : n;
+        for (size_t j = (size_t)b * NORM_BLOCK; j < end; j++) s += (double)x[j] * x[j];
+        partial[b] = s;
+    }
+    for (long long b = 0; b < n_blocks; b++) total += partial[b];
+    free(partial);
+    return total;
+}
+
 double clip_grad_norm(ParamRef *params, int n_params, double max_norm) {
     double sum_sq = 0;
-    for (int i = 0; i < n_params; i++)
-        for (size_t j = 0; j < params[i].numel; j++) sum_sq += (double)params[i].grad[j] * params[i].grad[j];
+    for (int i = 0; i < n_params; i++) sum_sq += sum_of_squares(params[i].grad, params[i].numel);
     double norm = sqrt(sum_sq);
     if (max_norm > 0) {
         double coef = max_norm / (norm + 1e-6);
         if (coef < 1.0) {
             float c = (float)coef;
-            for (int i = 0; i < n_params; i++)
-                for (size_t j = 0; j < params[i].numel; j++) params[i].grad[j] *= c;
+            for (int i = 0; i < n_params; i++) {
+                float *g = params[i].grad;
+                long long numel = (long long)params[i].numel;
+#pragma omp parallel for schedule(static) if (numel > 32768)
+                for (long long j = 0; j < numel; j++) g[j] *= c;
+            }
         }
     }
     return norm;

@@ -172,3 +172,44 @@ Test(plot, smoothing_as_llamafactory) {
     }
     cr_assert_float_eq(smoothed[0], 4.0, 1e-12);
 }
+
+#include <omp.h>
+
+Test(optimizer, large_tensors_same_bits_for_any_thread_count) {
+    size_t n = 300000;  // several norm blocks and above the threading threshold
+    float *value[2], *grad[2];
+    for (int k = 0; k < 2; k++) {
+        value[k] = malloc(n * sizeof(float));
+        grad[k] = malloc(n * sizeof(float));
+        for (size_t j = 0; j < n; j++) {
+            value[k][j] = (float)sin(0.001 * j);
+            grad[k][j] = (float)cos(0.0007 * j) * 3.0f;
+        }
+    }
+    double norms[2];
+    int saved = omp_get_max_threads();
+    for (int k = 0; k < 2; k++) {
+        omp_set_num_threads(k == 0 ? 1 : 3);
+        ParamRef p = param("big", value[k], grad[k], n, 1);
+        AdamW opt;
+        Error err;
+        cr_assert_eq(adamw_init(&opt, &p, 1, 0.9, 0.999, 1e-8, 0.01, &err), 0);
+        norms[k] = clip_grad_norm(&p, 1, 1.0);
+        adamw_step(&opt, &p, 1, 1e-3);
+        adamw_free(&opt);
+    }
+    omp_set_num_threads(saved);
+    double direct = 0;
+    for (size_t j = 0; j < n; j++) {
+        double g = (float)cos(0.0007 * j) * 3.0f;
+        direct += g * g;
+    }
+    cr_assert(fabs(norms[0] - sqrt(direct)) < 1e-9 * sqrt(direct), "%.17g vs %.17g", norms[0], sqrt(direct));
+    cr_assert_eq(memcmp(&norms[0], &norms[1], sizeof(double)), 0);
+    cr_assert_eq(memcmp(value[0], value[1], n * sizeof(float)), 0);
+    cr_assert_eq(memcmp(grad[0], grad[1], n * sizeof(float)), 0);
+    for (int k = 0; k < 2; k++) {
+        free(value[k]);
+        free(grad[k]);
+    }
+}
