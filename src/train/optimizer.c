@@ -42,6 +42,23 @@ void adamw_free(AdamW *opt) {
     memset(opt, 0, sizeof *opt);
 }
 
+// One tensor's update; restrict lets the compiler vectorise the loop.
+// Element-wise and independent: the thread count changes nothing.
+static void adamw_update_tensor(float *restrict p, const float *restrict g, float *restrict m, float *restrict v,
+                                long long numel, float decay_keep, float beta1, float one_minus_beta1, float beta2,
+                                float one_minus_beta2, float step_size, float bc2_sqrt, float eps) {
+#pragma omp parallel for schedule(static) if (numel > 32768)
+    for (long long j = 0; j < numel; j++) {
+        float decayed = p[j] * decay_keep;  // decay_keep is 1 for tensors without weight decay
+        float m_new = m[j] * beta1 + g[j] * one_minus_beta1;
+        float v_new = v[j] * beta2 + one_minus_beta2 * g[j] * g[j];
+        m[j] = m_new;
+        v[j] = v_new;
+        float denom = sqrtf(v_new) / bc2_sqrt + eps;
+        p[j] = decayed + -step_size * (m_new / denom);
+    }
+}
+
 void adamw_step(AdamW *opt, ParamRef *params, int n_params, double lr) {
     opt->step++;
     double bias_correction1 = 1.0 - pow(opt->beta1, (double)opt->step);
@@ -53,23 +70,10 @@ void adamw_step(AdamW *opt, ParamRef *params, int n_params, double lr) {
     float step_size = (float)(lr / bias_correction1);
     float bc2_sqrt = (float)sqrt(bias_correction2);
     float eps = (float)opt->eps;
-    for (int i = 0; i < n_params; i++) {
-        float *p = params[i].value;
-        const float *g = params[i].grad;
-        float *m = opt->exp_avg[i];
-        float *v = opt->exp_avg_sq[i];
-        int decay = params[i].decay && opt->weight_decay != 0;
-        long long numel = (long long)params[i].numel;
-        // element-wise and independent: threads change nothing in the result
-#pragma omp parallel for schedule(static) if (numel > 32768)
-        for (long long j = 0; j < numel; j++) {
-            if (decay) p[j] *= decay_keep;
-            m[j] = m[j] * beta1 + g[j] * one_minus_beta1;
-            v[j] = v[j] * beta2 + one_minus_beta2 * g[j] * g[j];
-            float denom = sqrtf(v[j]) / bc2_sqrt + eps;
-            p[j] += -step_size * (m[j] / denom);
-        }
-    }
+    for (int i = 0; i < n_params; i++)
+        adamw_update_tensor(params[i].value, params[i].grad, opt->exp_avg[i], opt->exp_avg_sq[i],
+                            (long long)params[i].numel, params[i].decay && opt->weight_decay != 0 ? decay_keep : 1.0f,
+                            beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, bc2_sqrt, eps);
 }
 
 // Sum of squares of x[0..n) in double, over fixed blocks of NORM_BLOCK
