@@ -57,6 +57,17 @@ static cairo_status_t png_to_buffer(void *closure, const unsigned char *data, un
     return CAIRO_STATUS_SUCCESS;
 }
 
+// Data coordinates -> pixels inside the axes box.
+typedef struct {
+    double left, top, width, height;
+    double x_min, x_max, y_min, y_max;
+} Axes;
+
+static double px(const Axes *ax, double x) { return ax->left + (x - ax->x_min) / (ax->x_max - ax->x_min) * ax->width; }
+static double py(const Axes *ax, double y) {
+    return ax->top + (1.0 - (y - ax->y_min) / (ax->y_max - ax->y_min)) * ax->height;
+}
+
 int plot_loss_png(const char *path, const char *title, const char *ylabel, const double *steps,
                   const double *values, int n, Error *err) {
     if (n < 1) return error_set(err, "%s: nothing to plot", path);
@@ -96,8 +107,7 @@ int plot_loss_png(const char *path, const char *title, const char *ylabel, const
     cairo_paint(cr);
     cairo_select_font_face(cr, "sans-serif", CAIRO_FONT_SLANT_NORMAL, CAIRO_FONT_WEIGHT_NORMAL);
 
-#define PX(x) (left + ((x) - x_min) / (x_max - x_min) * plot_w)
-#define PY(y) (top + (1.0 - ((y) - y_min) / (y_max - y_min)) * plot_h)
+    Axes ax = {left, top, plot_w, plot_h, x_min, x_max, y_min, y_max};
     // ticks and their labels
     cairo_set_font_size(cr, 12);
     cairo_set_line_width(cr, 1);
@@ -106,23 +116,23 @@ int plot_loss_png(const char *path, const char *title, const char *ylabel, const
     double xs = nice_step(x_max - x_min, 6);
     for (double x = ceil(x_min / xs) * xs; x <= x_max + 1e-9 * xs; x += xs) {
         cairo_set_source_rgb(cr, 0, 0, 0);
-        cairo_move_to(cr, PX(x), top + plot_h);
-        cairo_line_to(cr, PX(x), top + plot_h + 5);
+        cairo_move_to(cr, px(&ax, x), top + plot_h);
+        cairo_line_to(cr, px(&ax, x), top + plot_h + 5);
         cairo_stroke(cr);
         format_tick(x, xs, label, sizeof label);
         cairo_text_extents(cr, label, &ext);
-        cairo_move_to(cr, PX(x) - ext.width / 2 - ext.x_bearing, top + plot_h + 8 + ext.height);
+        cairo_move_to(cr, px(&ax, x) - ext.width / 2 - ext.x_bearing, top + plot_h + 8 + ext.height);
         cairo_show_text(cr, label);
     }
     double ys = nice_step(y_max - y_min, 6);
     for (double y = ceil(y_min / ys) * ys; y <= y_max + 1e-9 * ys; y += ys) {
         cairo_set_source_rgb(cr, 0, 0, 0);
-        cairo_move_to(cr, left - 5, PY(y));
-        cairo_line_to(cr, left, PY(y));
+        cairo_move_to(cr, left - 5, py(&ax, y));
+        cairo_line_to(cr, left, py(&ax, y));
         cairo_stroke(cr);
         format_tick(y, ys, label, sizeof label);
         cairo_text_extents(cr, label, &ext);
-        cairo_move_to(cr, left - 8 - ext.width - ext.x_bearing, PY(y) + ext.height / 2);
+        cairo_move_to(cr, left - 8 - ext.width - ext.x_bearing, py(&ax, y) + ext.height / 2);
         cairo_show_text(cr, label);
     }
     // the curves, clipped to the axes box
@@ -134,15 +144,13 @@ int plot_loss_png(const char *path, const char *title, const char *ylabel, const
         const double *ys_curve = curve == 0 ? values : smoothed;
         cairo_set_source_rgba(cr, 0x1f / 255.0, 0x77 / 255.0, 0xb4 / 255.0, curve == 0 ? 0.4 : 1.0);
         for (int i = 0; i < n; i++) {
-            if (i == 0) cairo_move_to(cr, PX(steps[i]), PY(ys_curve[i]));
-            else cairo_line_to(cr, PX(steps[i]), PY(ys_curve[i]));
+            if (i == 0) cairo_move_to(cr, px(&ax, steps[i]), py(&ax, ys_curve[i]));
+            else cairo_line_to(cr, px(&ax, steps[i]), py(&ax, ys_curve[i]));
         }
-        if (n == 1) cairo_arc(cr, PX(steps[0]), PY(ys_curve[0]), 2, 0, 2 * M_PI);
+        if (n == 1) cairo_arc(cr, px(&ax, steps[0]), py(&ax, ys_curve[0]), 2, 0, 2 * M_PI);
         cairo_stroke(cr);
     }
     cairo_restore(cr);
-#undef PX
-#undef PY
     // axes box
     cairo_set_source_rgb(cr, 0, 0, 0);
     cairo_set_line_width(cr, 1);
