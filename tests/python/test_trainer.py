@@ -351,3 +351,34 @@ def test_progress_bar_on_a_terminal_and_lines_otherwise():
     assert "\r" not in result.stderr
     steps = [line.split()[1] for line in result.stderr.splitlines() if line.startswith("step ")]
     assert steps == ["4/12", "8/12", "12/12"], result.stderr
+
+
+def test_resume_refuses_bad_or_mismatched_checkpoints():
+    folder = tempdir()
+    make_toy(folder)
+    out = os.path.join(folder, "out")
+    recipe, _ = write_recipe(folder, out, save_steps=4)
+    run_vlft("_train-toy", recipe)
+    # a half-written checkpoint folder from a killed run is ignored and removed
+    stale = os.path.join(out, ".tmp-checkpoint-13.99999")
+    os.makedirs(stale)
+    resume, _ = write_recipe(folder, out, name="resume.yaml", resume_from_checkpoint=os.path.join(out, "checkpoint-8"))
+    run_vlft("_train-toy", resume)
+    assert not os.path.exists(stale)
+    # another batch size: the data position would mean something else
+    other, _ = write_recipe(folder, out, name="other.yaml", per_device_train_batch_size=2,
+                            resume_from_checkpoint=os.path.join(out, "checkpoint-8"))
+    result = run_vlft("_train-toy", other, check=False)
+    assert result.returncode == 1 and "vlft_state.json" in result.stderr and "batch" in result.stderr, result.stderr
+    # a damaged state file: one line naming it
+    state = os.path.join(out, "checkpoint-8", "vlft_state.json")
+    with open(state, "w") as f:
+        f.write("{not json")
+    result = run_vlft("_train-toy", resume, check=False)
+    assert result.returncode == 1 and state in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    # a damaged optimizer state
+    with open(os.path.join(out, "checkpoint-12", "optimizer.safetensors"), "wb") as f:
+        f.write(b"\x10\x00\x00\x00\x00\x00\x00\x00{}")
+    latest, _ = write_recipe(folder, out, name="latest.yaml", resume_from_checkpoint=True)
+    result = run_vlft("_train-toy", latest, check=False)
+    assert result.returncode == 1 and "optimizer.safetensors" in result.stderr, result.stderr
