@@ -33,6 +33,22 @@
 //   (trainer_split_ids does a seeded val_size split);
 //   int rc = trainer_run(&opt, &m, train_ids, n_train, eval_ids, n_eval, &err);
 //   rc: TRAIN_DONE, TRAIN_INTERRUPTED (checkpoint saved), or -1 (err set).
+//
+// Plugging in the LLaVA model (src/model/llava.h) and the SFT dataset, e.g.:
+//   params            (ParamRef *)llava_params(model, &n_params)
+//   forward_backward  build the right-padded LlavaBatch of the sample ids
+//                     (pad id, labels -100 on padding / prompt), then
+//                     llava_forward_backward(model, &batch, grad_scale, loss, err)
+//   eval_loss         the same batch, llava_forward_loss(...) (the trainer
+//                     weights each batch's loss by its sample count, as
+//                     transformers' evaluation_loop does)
+//   zero_grad         llava_zero_grad
+//   save_weights      lora: llava_save_adapter(model, dir, model_name_or_path)
+//                     full/freeze: llava_save_full(model, dir, max_shard_bytes)
+//   load_weights      NULL is fine (checkpoints carry trainable.safetensors)
+//   rng               the Rng the model draws LoRA dropout masks from, so a
+//                     resumed run with lora_dropout > 0 is still exact
+// and print "vlft train: <err>" / exit 1 on -1, exit 130 on TRAIN_INTERRUPTED.
 #ifndef VLFT_TRAINER_H
 #define VLFT_TRAINER_H
 
