@@ -813,7 +813,8 @@ static void progress_update(Trainer *t, double loss, double lr, int final) {
         int filled = (int)(20.0 * t->now.global_step / t->plan.max_steps);
         for (int i = 0; i < 20; i++) bar[i] = i < filled ? '#' : '.';
         bar[20] = '\0';
-        fprintf(stderr, "\r[%s] %d/%d loss %.4f lr %.3e %.2f samples/s ETA %s ", bar, t->now.global_step,
+        // \033[K clears what a longer previous line left behind
+        fprintf(stderr, "\r[%s] %d/%d loss %.4f lr %.3e %.2f samples/s ETA %s\033[K", bar, t->now.global_step,
                 t->plan.max_steps, loss, lr, elapsed > 0 ? samples / elapsed : 0.0, eta_text);
         if (final) fputc('\n', stderr);
         fflush(stderr);
