@@ -149,6 +149,18 @@ static int remove_tree(const char *path) {
     return nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
+// Deletes a checkpoint folder so that no reader ever sees half of it: it is
+// first renamed to a temporary name (which a later run sweeps away should
+// this one be killed while deleting), then removed.
+static int discard_checkpoint(const char *output_dir, const char *path) {
+    static const char *const prefix = ".tmp-checkpoint-discard";
+    char doomed[4300];
+    snprintf(doomed, sizeof doomed, "%s/%s.%ld", output_dir, prefix, (long)getpid());
+    remove_tree(doomed);
+    if (rename(path, doomed) != 0) return -1;
+    return remove_tree(doomed);
+}
+
 // Step number of a "checkpoint-N" name, or -1.
 static long checkpoint_step(const char *name) {
     const char *prefix = "checkpoint-";
@@ -587,7 +599,7 @@ static int rotate_checkpoints(Trainer *t, Error *err) {
     for (int i = 0; i + t->opt->save_total_limit < n; i++) {
         char path[4200];
         snprintf(path, sizeof path, "%s/checkpoint-%ld", t->opt->output_dir, steps[i]);
-        if (remove_tree(path) != 0) {
+        if (discard_checkpoint(t->opt->output_dir, path) != 0) {
             free(steps);
             return error_set(err, "%s: cannot delete old checkpoint: %s", path, strerror(errno));
         }
@@ -648,7 +660,10 @@ static int save_checkpoint(Trainer *t, int training_stopped, Error *err) {
     snprintf(path, sizeof path, "%s/vlft_state.json", temp_dir);
     if (write_position(t, path, err) != 0) goto fail;  // last: its presence marks a complete checkpoint
     fsync_dir(temp_dir);
-    if (dir_exists(final_dir)) remove_tree(final_dir);
+    if (dir_exists(final_dir) && discard_checkpoint(out, final_dir) != 0) {
+        error_set(err, "%s: cannot replace the earlier checkpoint: %s", final_dir, strerror(errno));
+        goto fail;
+    }
     if (rename(temp_dir, final_dir) != 0) {
         error_set(err, "%s: cannot rename checkpoint into place: %s", final_dir, strerror(errno));
         goto fail;
