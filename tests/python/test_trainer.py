@@ -384,3 +384,20 @@ def test_resume_refuses_bad_or_mismatched_checkpoints():
     latest, _ = write_recipe(folder, out, name="latest.yaml", resume_from_checkpoint=True)
     result = run_vlft("_train-toy", latest, check=False)
     assert result.returncode == 1 and "optimizer.safetensors" in result.stderr, result.stderr
+
+
+def test_eval_each_epoch():
+    # 9 micro-batches of 4, accumulation 2 -> updates at micro-batches 2, 4, 6, 8, 9:
+    # epochs end at steps 5 and 10; the run stops at 12, inside the third
+    folder = tempdir()
+    tensors = make_toy(folder)
+    out = os.path.join(folder, "out")
+    recipe, cfg = write_recipe(folder, out, eval_strategy="epoch")
+    run_vlft("_train-toy", recipe)
+    with open(os.path.join(out, "trainer_state.json")) as f:
+        history = json.load(f)["log_history"]
+    evals = [e for e in history if "eval_loss" in e]
+    assert [(e["step"], e["epoch"]) for e in evals] == [(5, 1.0), (10, 2.0)], evals
+    with open(os.path.join(out, "eval_results.json")) as f:
+        final = json.load(f)
+    assert abs(final["eval_loss"] - reference_run(tensors, cfg)["eval_loss"]) < 1e-5
