@@ -157,7 +157,7 @@ static uint64_t random_interval(Pcg64 *p, uint64_t max) {
     return value;
 }
 
-void numpy_permutation(int *out, int n, uint64_t seed) {
+void split_permutation_numpy(int *out, int n, uint64_t seed) {
     Pcg64 pcg;
     pcg_seed(&pcg, seed);
     for (int i = 0; i < n; i++) out[i] = i;

@@ -18,6 +18,6 @@
 void torch_randperm(int *out, int n, uint64_t seed);
 
 // out[0..n) = numpy.random.default_rng(seed).permutation(n).
-void numpy_permutation(int *out, int n, uint64_t seed);
+void split_permutation_numpy(int *out, int n, uint64_t seed);
 
 #endif

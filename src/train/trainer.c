@@ -137,16 +137,16 @@ int trainer_options_from_recipe(TrainerOptions *opt, const Recipe *r, Error *err
 
 // ---------------------------------------------------------------- folders
 
-static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+static int delete_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
     (void)st;
     (void)flag;
     (void)ftw;
     return remove(path);
 }
 
-static int remove_tree(const char *path) {
+static int delete_tree(const char *path) {
     if (!dir_exists(path) && !file_exists(path)) return 0;
-    return nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    return nftw(path, delete_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 // Deletes a checkpoint folder so that no reader ever sees half of it: it is
@@ -156,9 +156,9 @@ static int discard_checkpoint(const char *output_dir, const char *path) {
     static const char *const prefix = ".tmp-checkpoint-discard";
     char doomed[4300];
     snprintf(doomed, sizeof doomed, "%s/%s.%ld", output_dir, prefix, (long)getpid());
-    remove_tree(doomed);
+    delete_tree(doomed);
     if (rename(path, doomed) != 0) return -1;
-    return remove_tree(doomed);
+    return delete_tree(doomed);
 }
 
 // Step number of a "checkpoint-N" name, or -1.
@@ -286,7 +286,7 @@ int trainer_split_ids(int n, double val_size, int seed, int **train_ids, int *n_
     }
     // datasets' train_test_split: numpy.random.default_rng(seed).permutation(n),
     // test = the first n_test, train = the rest
-    if (n_test > 0) numpy_permutation(perm, n, (uint64_t)seed);
+    if (n_test > 0) split_permutation_numpy(perm, n, (uint64_t)seed);
     else
         for (int i = 0; i < n; i++) perm[i] = i;
     memcpy(test, perm, (size_t)n_test * sizeof *test);
@@ -649,7 +649,7 @@ static int save_checkpoint(Trainer *t, int training_stopped, Error *err) {
     char final_dir[4200], temp_dir[4200], path[4300];
     snprintf(final_dir, sizeof final_dir, "%s/checkpoint-%d", out, step);
     snprintf(temp_dir, sizeof temp_dir, "%s/.tmp-checkpoint-%d.%ld", out, step, (long)getpid());
-    remove_tree(temp_dir);
+    delete_tree(temp_dir);
     if (make_dirs(temp_dir, err) != 0) return -1;
     if (t->model->save_weights(t->model->ctx, temp_dir, err) != 0) goto fail;
     snprintf(path, sizeof path, "%s/trainable.safetensors", temp_dir);
@@ -672,7 +672,7 @@ static int save_checkpoint(Trainer *t, int training_stopped, Error *err) {
     t->last_saved_step = step;
     return rotate_checkpoints(t, err);
 fail:
-    remove_tree(temp_dir);
+    delete_tree(temp_dir);
     return -1;
 }
 
@@ -1074,7 +1074,7 @@ static int clear_previous_run(const char *out, Error *err) {
             continue;
         char path[4200];
         snprintf(path, sizeof path, "%s/%s", out, entry->d_name);
-        if (remove_tree(path) != 0) {
+        if (delete_tree(path) != 0) {
             rc = error_set(err, "%s: cannot delete: %s", path, strerror(errno));
             break;
         }
@@ -1092,7 +1092,7 @@ static void remove_stale_temps(const char *out) {
         if (strncmp(entry->d_name, ".tmp-checkpoint-", 16) != 0) continue;
         char path[4200];
         snprintf(path, sizeof path, "%s/%s", out, entry->d_name);
-        remove_tree(path);
+        delete_tree(path);
     }
     closedir(d);
 }
