@@ -839,6 +839,15 @@ static void progress_update(Trainer *t, double loss, double lr, int final) {
     }
 }
 
+// Between updates on a terminal: which micro-batch of the accumulation is
+// done, so a slow step (a 6B model on CPU) visibly progresses.
+static void progress_micro(Trainer *t, int done_in_accumulation) {
+    if (!t->opt->progress || !t->tty) return;
+    fprintf(stderr, "\r%d/%d: micro-batch %d/%d done\033[K", t->now.global_step + 1, t->plan.max_steps,
+            done_in_accumulation, t->plan.grad_accum);
+    fflush(stderr);
+}
+
 // ---------------------------------------------------------------- eval
 
 static int evaluate(Trainer *t, Error *err) {
@@ -997,6 +1006,8 @@ static int train_loop(Trainer *t, int *interrupted, Error *err) {
                 }
                 if (one_update(t, update_loss, err, &stop) != 0) return -1;
                 update_loss = 0;
+            } else {
+                progress_micro(t, b % plan->grad_accum + 1);
             }
             if (interrupt_requested) {
                 *interrupted = 1;
