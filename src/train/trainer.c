@@ -458,8 +458,8 @@ static int write_trainer_state(Trainer *t, const char *dir, int training_stopped
     json_null(&j);
     json_key(&j, "epoch");
     json_double(&j, t->boundary.epoch_progress);
-    json_key(&j, "eval_steps");
-    json_int(&j, o->eval_steps > 0 ? o->eval_steps : o->logging_steps);
+    json_key(&j, "eval_steps");  // TrainingArguments fills it from logging_steps only for eval_strategy steps
+    json_int(&j, o->eval_steps > 0 ? o->eval_steps : o->eval_strategy == EVAL_STEPS ? o->logging_steps : 500);
     json_key(&j, "global_step");
     json_int(&j, t->boundary.global_step);
     json_key(&j, "is_hyper_param_search");
