@@ -54,7 +54,6 @@ typedef struct {
     const int *train_ids, *eval_ids;
     int n_train, n_eval;
     int *order;      // the current epoch's permutation of 0..n_train-1
-    int order_epoch;
     int *batch_ids;
     int tty;
     int last_saved_step;

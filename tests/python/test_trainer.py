@@ -401,3 +401,19 @@ def test_eval_each_epoch():
     with open(os.path.join(out, "eval_results.json")) as f:
         final = json.load(f)
     assert abs(final["eval_loss"] - reference_run(tensors, cfg)["eval_loss"]) < 1e-5
+
+
+def test_val_size_as_a_count():
+    folder = tempdir()
+    tensors = make_toy(folder, n=30)
+    out = os.path.join(folder, "out")
+    recipe, cfg = write_recipe(folder, out, val_size=5, seed=3, num_train_epochs=1)
+    updates_path = os.path.join(folder, "updates.jsonl")
+    run_vlft("_train-toy", recipe, "--updates", updates_path)
+    ref = reference_run(tensors, cfg)
+    assert ref["n_train"] == 25
+    got = read_jsonl(updates_path)
+    assert len(got) == len(ref["updates"]) > 0
+    assert all(abs(a["loss"] - b["loss"]) < 1e-5 for a, b in zip(got, ref["updates"]))
+    with open(os.path.join(out, "eval_results.json")) as f:
+        assert abs(json.load(f)["eval_loss"] - ref["eval_loss"]) < 1e-5
