@@ -8,7 +8,9 @@
 //                   seed + epoch, see data_order.h), cut into micro-batches
 //                   of batch_size (the last may be short);
 //   accumulation    each micro-batch's gradient is scaled by 1/grad_accum
-//                   (also in a short final accumulation, as the fixed upstream);
+//                   (also in a short final accumulation: LLaMA-Factory's fix
+//                   7203365); the epoch is cut into accumulations exactly as
+//                   transformers 4.50 does, quirk included (schedule.h);
 //   clipping, schedule, AdamW (see optimizer.h / schedule.h);
 //   logging         every logging_steps: trainer_log.jsonl line, log_history
 //                   entry, progress line; eval every eval_steps (eval_strategy
@@ -30,7 +32,8 @@
 //                        -> call BEFORE loading the model so a clobbering
 //                           recipe fails at once; resume[0] != 0 means resume;
 //   build TrainModel m (below) and the train / eval id lists
-//   (trainer_split_ids does a seeded val_size split);
+//   (trainer_split_ids splits as datasets' train_test_split(val_size, seed);
+//   a dataset module that already splits that way can hand its lists over);
 //   int rc = trainer_run(&opt, &m, train_ids, n_train, eval_ids, n_eval, &err);
 //   rc: TRAIN_DONE, TRAIN_INTERRUPTED (checkpoint saved), or -1 (err set).
 //
@@ -49,6 +52,10 @@
 //   rng               the Rng the model draws LoRA dropout masks from, so a
 //                     resumed run with lora_dropout > 0 is still exact
 // and print "vlft train: <err>" / exit 1 on -1, exit 130 on TRAIN_INTERRUPTED.
+//
+// Files: trainer.c (loop, eval, progress, final outputs), train_log.c
+// (log history, trainer_log.jsonl, trainer_state.json, metrics, plots),
+// checkpoint.c (checkpoint-N, resume, output_dir rules), trainer_internal.h.
 #ifndef VLFT_TRAINER_H
 #define VLFT_TRAINER_H
 
