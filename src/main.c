@@ -26,13 +26,15 @@ static const Command commands[] = {
     {"export", command_export, "merge a LoRA adapter into its base model and write HF shards"},
     {"info", command_info, "check a model folder and print its summary"},
     {"tensors", command_tensors, "list (or copy) the tensors of a safetensors file or folder"},
+    // names starting with '_' are for tests and left out of --help
+    {"_train-toy", command_train_toy, "train a toy regression model (tests)"},
 };
 
 static void print_help(FILE *out) {
     fprintf(out, "usage: vlft COMMAND [ARGS]\n\nFine-tune LLaVA-format vision-language models (Yi-VL) from "
                  "LLaMA-Factory recipes.\n\ncommands:\n");
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-        fprintf(out, "  %-10s %s\n", commands[i].name, commands[i].summary);
+        if (commands[i].name[0] != '_') fprintf(out, "  %-10s %s\n", commands[i].name, commands[i].summary);
     fprintf(out, "\n'vlft COMMAND --help' describes one command; 'vlft --version' prints the version.\n");
 }
 

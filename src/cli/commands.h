@@ -10,5 +10,7 @@ int command_init_tiny(int argc, char **argv);
 int command_info(int argc, char **argv);
 int command_tensors(int argc, char **argv);
 int command_export(int argc, char **argv);
+// hidden, test-only: the trainer on a toy regression model
+int command_train_toy(int argc, char **argv);
 
 #endif
