@@ -28,6 +28,7 @@ typedef struct {
     float *A, *B;      // [rank, in], [out, rank]
     float *dA, *dB;
     char name_A[224], name_B[224];  // PEFT names
+    int unused;        // in a vision layer past the selected feature layer: saved, never trained
 } LoraAdapter;
 
 typedef struct {

@@ -41,6 +41,7 @@ static int bind_linear(LlavaModel *m, Linear *l, const char *module_fmt, int ind
     l->out = (int)l->w->entry->shape[0];
     l->in = (int)l->w->entry->shape[1];
     l->lora = find_lora(m, module);
+    if (l->lora && l->lora->unused) l->lora = NULL;  // never runs
     return 0;
 }
 
@@ -87,6 +88,7 @@ static int build_params(LlavaModel *m, Error *err) {
     if (!m->params || !m->param_names) return error_set(err, "out of memory");
     for (int i = 0; i < m->n_loras; i++) {
         LoraAdapter *a = &m->loras[i];
+        if (a->unused) continue;
         int64_t sa[2] = {a->rank, a->in}, sb[2] = {a->out, a->rank};
         if (add_param(m, a->name_A, a->A, a->dA, (size_t)a->rank * a->in, 2, sa, 1) != 0 ||
             add_param(m, a->name_B, a->B, a->dB, (size_t)a->out * a->rank, 2, sb, 1) != 0)

@@ -99,20 +99,38 @@ static char *adapter_config_json(const LlavaModel *m, const char *base_model_pat
     return text;
 }
 
+// The adapter's tensors: every LoRA A/B (unused ones too, as PEFT saves them)
+// and, in LoRA runs, the fully trained additional_target weights.
+static int adapter_tensors(const LlavaModel *m, TensorRef **out) {
+    int n = 0;
+    TensorRef *refs = calloc((size_t)(2 * m->n_loras + m->n_weights + 1), sizeof(TensorRef));
+    if (refs == NULL) return -1;
+    for (int i = 0; i < m->n_loras; i++) {
+        const LoraAdapter *a = &m->loras[i];
+        refs[n++] = (TensorRef){.name = a->name_A, .dtype = DTYPE_F32, .ndim = 2, .shape = {a->rank, a->in}, .data = a->A};
+        refs[n++] = (TensorRef){.name = a->name_B, .dtype = DTYPE_F32, .ndim = 2, .shape = {a->out, a->rank}, .data = a->B};
+    }
+    for (int i = 0; i < m->n_params; i++) {
+        const ParamRef *p = &m->params[i];
+        if (strstr(p->name, ".lora_A.weight") || strstr(p->name, ".lora_B.weight")) continue;
+        refs[n] = (TensorRef){.name = p->name, .dtype = DTYPE_F32, .ndim = p->ndim, .data = p->value};
+        for (int d = 0; d < p->ndim; d++) refs[n].shape[d] = p->shape[d];
+        n++;
+    }
+    *out = refs;
+    return n;
+}
+
 int llava_save_adapter(const LlavaModel *m, const char *out_dir, const char *base_model_path, Error *err) {
     if (m->n_loras == 0) return error_set(err, "%s: the model has no LoRA adapter to save", out_dir);
     if (make_dirs(out_dir, err) != 0) return -1;
-    TensorRef *refs = calloc((size_t)m->n_params, sizeof(TensorRef));
-    if (refs == NULL) return error_set(err, "out of memory");
-    for (int i = 0; i < m->n_params; i++) {
-        const ParamRef *p = &m->params[i];
-        refs[i] = (TensorRef){.name = p->name, .dtype = DTYPE_F32, .ndim = p->ndim, .data = p->value};
-        for (int d = 0; d < p->ndim; d++) refs[i].shape[d] = p->shape[d];
-    }
+    TensorRef *refs;
+    int n = adapter_tensors(m, &refs);
+    if (n < 0) return error_set(err, "out of memory");
     char path[4096];
     const char *const metadata[] = {"format", "pt", NULL};
     int rc = path_join(path, sizeof path, out_dir, "adapter_model.safetensors", err);
-    if (rc == 0) rc = safetensors_write(path, refs, m->n_params, metadata, err);
+    if (rc == 0) rc = safetensors_write(path, refs, n, metadata, err);
     free(refs);
     if (rc != 0) return -1;
     char *json = adapter_config_json(m, base_model_path);
@@ -126,32 +144,34 @@ int llava_save_adapter(const LlavaModel *m, const char *out_dir, const char *bas
 int llava_load_adapter(LlavaModel *m, const char *adapter_dir, Error *err) {
     char path[4096];
     if (path_join(path, sizeof path, adapter_dir, "adapter_model.safetensors", err) != 0) return -1;
+    TensorRef *refs;
+    int n = adapter_tensors(m, &refs);
+    if (n < 0) return error_set(err, "out of memory");
     Safetensors st;
     memset(&st, 0, sizeof st);
-    if (safetensors_open_file(&st, path, err) != 0) return -1;
+    if (safetensors_open_file(&st, path, err) != 0) {
+        free(refs);
+        return -1;
+    }
     int rc = 0;
     for (int i = 0; i < st.n_tensors && rc == 0; i++) {
         const TensorInfo *t = &st.tensors[i];
-        const ParamRef *p = NULL;
-        for (int j = 0; j < m->n_params && !p; j++)
-            if (strcmp(m->params[j].name, t->name) == 0) p = &m->params[j];
-        if (p == NULL) {
+        const TensorRef *r = NULL;
+        for (int j = 0; j < n && !r; j++)
+            if (strcmp(refs[j].name, t->name) == 0) r = &refs[j];
+        if (r == NULL) {
             rc = error_set(err, "%s: tensor '%s' has no place in this model (LoRA rank/target options differ?)", path,
                            t->name);
             break;
         }
-        int same = t->ndim == p->ndim;
-        for (int d = 0; same && d < p->ndim; d++) same = t->shape[d] == p->shape[d];
-        if (!same) {
-            rc = error_set(err, "%s: tensor '%s' has a shape other than the model's", path, t->name);
-            break;
-        }
-        rc = safetensors_read_f32(&st, t, p->value, err);
+        int same = t->ndim == r->ndim;
+        for (int d = 0; same && d < r->ndim; d++) same = t->shape[d] == r->shape[d];
+        if (!same) rc = error_set(err, "%s: tensor '%s' has a shape other than the model's", path, t->name);
+        else rc = safetensors_read_f32(&st, t, (float *)r->data, err);
     }
-    // Every adapter tensor of the model must be present.
-    for (int j = 0; j < m->n_params && rc == 0; j++)
-        if (safetensors_get(&st, m->params[j].name) == NULL)
-            rc = error_set(err, "%s: missing tensor '%s'", path, m->params[j].name);
+    for (int j = 0; j < n && rc == 0; j++)
+        if (safetensors_get(&st, refs[j].name) == NULL) rc = error_set(err, "%s: missing tensor '%s'", path, refs[j].name);
     safetensors_close(&st);
+    free(refs);
     return rc;
 }

@@ -208,17 +208,34 @@ static int select_lora(LlavaModel *m, const NameList *forbidden, Error *err) {
     return 0;
 }
 
+// Vision layers past the selected feature layer and post_layernorm never run:
+// in PyTorch their gradient stays None and the optimizer skips them, so here
+// they are simply not trainable (a LoRA adapter on them is saved untouched).
+static int used_by_forward(const LlavaModel *m, const char *name) {
+    if (!m->config.has_vision) return 1;
+    if (strstr(name, "vision_tower.vision_model.post_layernorm")) return 0;
+    const char *marker = "vision_tower.vision_model.encoder.layers.";
+    const char *p = strstr(name, marker);
+    if (p == NULL) return 1;
+    return atoi(p + strlen(marker)) < model_config_vision_layers_needed(&m->config);
+}
+
 int llava_select_trainable(LlavaModel *m, Error *err) {
     NameList forbidden;
     forbidden_modules(&m->options, &forbidden);
     for (int i = 0; i < m->n_weights; i++) m->weights[i].trainable = 0;
+    int rc;
     switch (m->options.finetuning_type) {
-    case FINETUNE_NONE: return 0;
-    case FINETUNE_FULL: return select_full(m, &forbidden);
-    case FINETUNE_FREEZE: return select_freeze(m, &forbidden, err);
-    case FINETUNE_LORA: return select_lora(m, &forbidden, err);
+    case FINETUNE_NONE: rc = 0; break;
+    case FINETUNE_FULL: rc = select_full(m, &forbidden); break;
+    case FINETUNE_FREEZE: rc = select_freeze(m, &forbidden, err); break;
+    case FINETUNE_LORA: rc = select_lora(m, &forbidden, err); break;
+    default: return error_set(err, "unknown finetuning type");
     }
-    return error_set(err, "unknown finetuning type");
+    for (int i = 0; i < m->n_weights; i++)
+        if (!used_by_forward(m, m->weights[i].entry->name)) m->weights[i].trainable = 0;
+    for (int i = 0; i < m->n_loras; i++) m->loras[i].unused = !used_by_forward(m, m->loras[i].module);
+    return rc;
 }
 
 void llava_options_defaults(LlavaOptions *o) {
