@@ -61,8 +61,6 @@ void tape_clear(Tape *t) {
     t->kept = t->kept_vision = 0;
 }
 
-int linear_needs_input_grad(const Linear *l) { return l->w->trainable || (l->b && l->b->trainable) || l->lora; }
-
 // y[N,out] = x W^T + b (+ LoRA). With cache != NULL the LoRA intermediates are
 // kept on the tape for linear_module_backward.
 void linear_module_forward(const Linear *l, float *y, const float *x, int N, LinearCache *cache, Tape *tape,

@@ -110,6 +110,5 @@ void linear_module_forward(const Linear *l, float *y, const float *x, int N, Lin
                            int vision, Rng *rng, int training);
 void linear_module_backward(const Linear *l, float *dx, int accumulate_dx, const float *dy, const float *x, int N,
                             const LinearCache *cache, Tape *tape);
-int linear_needs_input_grad(const Linear *l);
 
 #endif
