@@ -392,6 +392,7 @@ static int run(LlavaModel *m, const LlavaBatch *b, RunMode mode, float grad_scal
     int32_t *image_index = malloc(sizeof(int32_t) * (size_t)(image_rows + 1));
     uint8_t *is_image = calloc((size_t)N, 1);
     int32_t *targets = malloc(sizeof(int32_t) * (size_t)N);
+    int32_t *row_index = NULL, *row_targets_owned = NULL;
     VisionState vs = {0};
     ProjectorActs pa = {0};
     TextActs *ta = calloc((size_t)tc->num_hidden_layers + 1, sizeof(TextActs));
@@ -450,35 +451,63 @@ static int run(LlavaModel *m, const LlavaBatch *b, RunMode mode, float grad_scal
         h = next;
     }
     xf = buf(&lp, (size_t)N * C), rstdf = buf(&lp, N);
-    logits = logits_out ? logits_out : tape_scratch(t, (size_t)N * V);
-    lse = tape_scratch(t, N);
-    if (!xf || !rstdf || !logits || !lse) goto oom;
+    if (!xf || !rstdf) goto oom;
     rmsnorm_forward(xf, rstdf, h, m->final_norm->data, N, C, (float)tc->rms_norm_eps);
-    LinearCache head_cache = {0};
-    lin(&lp, &m->lm_head, logits, xf, N, &head_cache);
-    if (t->failed) goto oom;
     int count = 0;
     for (int i = 0; i < N; i++) count += targets[i] != KERNEL_IGNORE_INDEX;
-    double total = cross_entropy_forward(lse, logits, targets, N, V);
+    // Only rows that predict a label need logits (prompt, image and padding
+    // rows do not), unless the caller asked for them all: this skips most of
+    // the lm_head work, whose gradient at those rows would be zero anyway.
+    int rows = N;
+    float *head_in = xf;
+    int32_t *row_targets = targets;
+    if (!logits_out) {
+        rows = count;
+        row_index = malloc(sizeof(int32_t) * (size_t)(rows + 1));
+        row_targets = row_targets_owned = malloc(sizeof(int32_t) * (size_t)(rows + 1));
+        head_in = buf(&lp, (size_t)rows * C);
+        if (!row_index || !row_targets || !head_in) goto oom;
+        for (int i = 0, k = 0; i < N; i++)
+            if (targets[i] != KERNEL_IGNORE_INDEX) {
+                row_index[k] = i;
+                row_targets[k++] = targets[i];
+            }
+        rows_gather(head_in, xf, row_index, rows, C);
+    }
+    logits = logits_out ? logits_out : tape_scratch(t, (size_t)rows * V);
+    lse = tape_scratch(t, rows);
+    if (!logits || !lse) goto oom;
+    LinearCache head_cache = {0};
+    lin(&lp, &m->lm_head, logits, head_in, rows, &head_cache);
+    if (t->failed) goto oom;
+    double total = cross_entropy_forward(lse, logits, row_targets, rows, V);
     double loss = count ? total / count : 0.0;
     if (loss_out) *loss_out = loss;
     if (count_out) *count_out = count;
     if (!train) {
-        if (!logits_out) tape_release_scratch(t, logits, (size_t)N * V);
-        tape_release_scratch(t, lse, N);
+        if (!logits_out) tape_release_scratch(t, logits, (size_t)rows * V);
+        tape_release_scratch(t, lse, rows);
         end_layer(&lp, NULL);
         tape_release_scratch(t, h, (size_t)N * C);
         rc = 0;
         goto done;
     }
     // ---- backward
-    cross_entropy_backward(logits, lse, targets, N, V, count ? grad_scale / (float)count : 0.0f);
+    cross_entropy_backward(logits, lse, row_targets, rows, V, count ? grad_scale / (float)count : 0.0f);
+    tape_release_scratch(t, lse, rows);
+    lse = NULL;
     float *dh = tape_scratch(t, (size_t)N * C), *dprev = tape_scratch(t, (size_t)N * C);
-    if (!dh || !dprev) goto oom;
+    float *dhead = row_index ? tape_scratch(t, (size_t)rows * C) : dprev;
+    if (!dh || !dprev || !dhead) goto oom;
     float *dxf = dprev;
-    linear_module_backward(&m->lm_head, dxf, 0, logits, xf, N, &head_cache, t);
-    tape_release_scratch(t, logits, (size_t)N * V);
+    linear_module_backward(&m->lm_head, dhead, 0, logits, head_in, rows, &head_cache, t);
+    tape_release_scratch(t, logits, (size_t)rows * V);
     logits = NULL;
+    if (row_index) {
+        kernel_zero(dxf, (size_t)N * C);
+        rows_scatter(dxf, row_index, dhead, rows, C);
+        tape_release_scratch(t, dhead, (size_t)rows * C);
+    }
     rmsnorm_backward(dh, m->final_norm->grad, dxf, h, rstdf, m->final_norm->data, N, C);
     int need_input_grad = m->embed_trainable || (image_rows && projector_keep);
     for (int i = tc->num_hidden_layers - 1; i >= 0; i--) {
@@ -505,7 +534,6 @@ static int run(LlavaModel *m, const LlavaBatch *b, RunMode mode, float grad_scal
     }
     tape_release_scratch(t, dh, (size_t)N * C);
     tape_release_scratch(t, dprev, (size_t)N * C);
-    tape_release_scratch(t, lse, N);
     if (t->failed) goto oom;
     rc = 0;
     goto done;
@@ -522,6 +550,8 @@ done:
     free(image_index);
     free(is_image);
     free(targets);
+    free(row_index);
+    free(row_targets_owned);
     free(ta);
     free(vs.layers);
     return rc;
