@@ -23,6 +23,7 @@ static void usage(FILE *out) {
             "  --freeze-vision-tower 0|1 --freeze-projector 0|1 --freeze-language-model 0|1\n"
             "  --freeze-trainable-layers N --freeze-trainable-modules a,b\n"
             "  --load-adapter DIR      LoRA/extra values from a PEFT adapter folder\n"
+            "  --adapter-options DIR   LoRA options (r, alpha, targets) from DIR/adapter_config.json\n"
             "  --grad-scale F          (default 1)\n"
             "  --seed N --threads N\n"
             "  --repeat N              run the step N times and report the mean time\n"
@@ -179,6 +180,14 @@ int command_model_step(int argc, char **argv) {
         else if (strcmp(a, "--freeze-trainable-modules") == 0)
             snprintf(o.freeze_trainable_modules, sizeof o.freeze_trainable_modules, "%s", v);
         else if (strcmp(a, "--load-adapter") == 0) load_adapter = v;
+        else if (strcmp(a, "--adapter-options") == 0) {
+            Error e;
+            if (llava_options_from_adapter_config(v, &o, &e) != 0) {
+                fprintf(stderr, "vlft model-step: %s\n", e.message);
+                return EXIT_BAD_INPUT;
+            }
+            alpha_given = 1;
+        }
         else if (strcmp(a, "--save-full") == 0) save_full = v;
         else if (strcmp(a, "--save-adapter") == 0) save_adapter = v;
         else if (strcmp(a, "--grad-scale") == 0) bad = parse_double(v, &grad_scale);

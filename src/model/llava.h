@@ -40,7 +40,7 @@ typedef struct {
     int lora_rank;                         // default 8
     double lora_alpha;                     // default 2 * rank
     double lora_dropout;                   // default 0
-    char lora_target[1024];                // "all" or comma-separated names
+    char lora_target[16384];               // "all" or comma-separated names (or full module paths)
     char additional_target[512];           // comma-separated, "" = none
     uint64_t seed;                         // LoRA A init and dropout masks
     int threads;                           // 0 = OMP default
@@ -52,6 +52,12 @@ void llava_options_defaults(LlavaOptions *o);
 // FinetuningArguments do (lora_alpha 0 -> 2 * rank; train_mm_proj_only ->
 // projector trainable, language model and vision tower frozen).
 int llava_options_from_recipe(const Recipe *r, LlavaOptions *o, Error *err);
+
+// Reads DIR/adapter_config.json (PEFT) into the LoRA fields of o (r,
+// lora_alpha, lora_dropout, target_modules, modules_to_save) and sets
+// finetuning_type lora, so that llava_load + llava_load_adapter rebuild the
+// adapter exactly (resume, chat). Other fields are left as they are.
+int llava_options_from_adapter_config(const char *adapter_dir, LlavaOptions *o, Error *err);
 
 typedef struct LlavaModel LlavaModel;
 

@@ -10,24 +10,34 @@
 
 #include "llava_internal.h"
 
-#define MAX_NAMES 64
-
+// A growing set of names (a Yi-VL-6B adapter lists hundreds of module paths).
 typedef struct {
-    int count;
-    char items[MAX_NAMES][160];
+    int count, capacity;
+    char (*items)[160];
 } NameList;
 
 static int name_list_add(NameList *list, const char *name) {
     for (int i = 0; i < list->count; i++)
         if (strcmp(list->items[i], name) == 0) return 0;
-    if (list->count == MAX_NAMES) return -1;
+    if (list->count == list->capacity) {
+        int capacity = list->capacity ? 2 * list->capacity : 16;
+        void *grown = realloc(list->items, sizeof list->items[0] * (size_t)capacity);
+        if (grown == NULL) return -1;
+        list->items = grown;
+        list->capacity = capacity;
+    }
     snprintf(list->items[list->count++], sizeof list->items[0], "%s", name);
     return 0;
 }
 
+static void name_list_free(NameList *list) {
+    free(list->items);
+    memset(list, 0, sizeof *list);
+}
+
 // "a, b,c" -> {"a", "b", "c"} (items stripped, as split_arg does).
 static int split_names(const char *text, NameList *list) {
-    list->count = 0;
+    name_list_free(list);
     const char *p = text;
     while (*p) {
         const char *end = strchr(p, ',');
@@ -52,7 +62,7 @@ static int contains_any(const char *name, const NameList *list) {
 }
 
 static void forbidden_modules(const LlavaOptions *o, NameList *out) {
-    out->count = 0;
+    name_list_free(out);
     if (o->freeze_vision_tower) name_list_add(out, "vision_tower");
     if (o->freeze_multi_modal_projector) name_list_add(out, "multi_modal_projector");
     if (o->freeze_language_model) name_list_add(out, "language_model");
@@ -77,12 +87,12 @@ static int select_full(LlavaModel *m, const NameList *forbidden) {
     return 0;
 }
 
-static int select_freeze(LlavaModel *m, const NameList *forbidden, Error *err) {
+static int select_freeze_lists(LlavaModel *m, const NameList *forbidden, NameList *modules, NameList *hidden,
+                               NameList *patterns, Error *err) {
     int layers = m->config.text.num_hidden_layers, n = m->options.freeze_trainable_layers;
     int first = n > 0 ? (layers - n > 0 ? layers - n : 0) : 0;
     int last = n > 0 ? layers : (-n < layers ? -n : layers);
-    NameList modules, hidden = {0};
-    if (split_names(m->options.freeze_trainable_modules, &modules) != 0)
+    if (split_names(m->options.freeze_trainable_modules, modules) != 0)
         return error_set(err, "freeze_trainable_modules: too many or too long names");
     // Module names that follow a layer index (".0." or ".1."), as LLaMA-Factory lists them.
     for (int i = 0; i < m->n_weights; i++) {
@@ -94,25 +104,33 @@ static int select_freeze(LlavaModel *m, const NameList *forbidden, Error *err) {
         snprintf(word, sizeof word, "%s", hit + 3);
         char *dot = strchr(word, '.');
         if (dot) *dot = '\0';
-        name_list_add(&hidden, word);
+        name_list_add(hidden, word);
     }
-    NameList patterns = {0};
-    for (int i = 0; i < modules.count; i++) {
-        const char *module = modules.items[i];
+    for (int i = 0; i < modules->count; i++) {
+        const char *module = modules->items[i];
         int all = strcmp(module, "all") == 0, known = all;
-        for (int j = 0; j < hidden.count && !known; j++) known = strcmp(hidden.items[j], module) == 0;
+        for (int j = 0; j < hidden->count && !known; j++) known = strcmp(hidden->items[j], module) == 0;
         if (!known) return error_set(err, "freeze_trainable_modules: module '%s' is not found in the model", module);
         for (int idx = first; idx < last; idx++) {
             char pattern[160];
             snprintf(pattern, sizeof pattern, ".%d.%.140s", idx, all ? "" : module);
-            if (name_list_add(&patterns, pattern) != 0) return error_set(err, "freeze_trainable_layers: too many layers");
+            if (name_list_add(patterns, pattern) != 0) return error_set(err, "freeze_trainable_layers: too many layers");
         }
     }
     for (int i = 0; i < m->n_weights; i++) {
         const char *name = m->weights[i].entry->name;
-        m->weights[i].trainable = contains_any(name, &patterns) && !contains_any(name, forbidden);
+        m->weights[i].trainable = contains_any(name, patterns) && !contains_any(name, forbidden);
     }
     return 0;
+}
+
+static int select_freeze(LlavaModel *m, const NameList *forbidden, Error *err) {
+    NameList modules = {0}, hidden = {0}, patterns = {0};
+    int rc = select_freeze_lists(m, forbidden, &modules, &hidden, &patterns, err);
+    name_list_free(&modules);
+    name_list_free(&hidden);
+    name_list_free(&patterns);
+    return rc;
 }
 
 static int add_lora(LlavaModel *m, const char *module, int in, int out, Rng *rng, Error *err) {
@@ -138,25 +156,25 @@ static int add_lora(LlavaModel *m, const char *module, int in, int out, Rng *rng
     return 0;
 }
 
-static int select_lora(LlavaModel *m, const NameList *forbidden, Error *err) {
+// The lists are the caller's, so that every exit frees them.
+static int select_lora_lists(LlavaModel *m, const NameList *forbidden, NameList *targets, NameList *excluded,
+                             NameList *extra, Error *err) {
     const LlavaOptions *o = &m->options;
     if (o->lora_rank <= 0) return error_set(err, "lora_rank must be positive, got %d", o->lora_rank);
-    NameList targets;
-    if (split_names(o->lora_target, &targets) != 0) return error_set(err, "lora_target: too many or too long names");
-    if (targets.count == 1 && strcmp(targets.items[0], "all") == 0) {
+    if (split_names(o->lora_target, targets) != 0) return error_set(err, "lora_target: out of memory or a name too long");
+    if (targets->count == 1 && strcmp(targets->items[0], "all") == 0) {
         // find_all_linear_modules: leaf names of every Linear outside lm_head,
         // the projector, and the vision tower when it is frozen.
-        NameList excluded = {0};
-        name_list_add(&excluded, "lm_head");
-        name_list_add(&excluded, "multi_modal_projector");
-        if (o->freeze_vision_tower) name_list_add(&excluded, "vision_tower");
-        targets.count = 0;
+        name_list_add(excluded, "lm_head");
+        name_list_add(excluded, "multi_modal_projector");
+        if (o->freeze_vision_tower) name_list_add(excluded, "vision_tower");
+        targets->count = 0;
         for (int i = 0; i < m->layout.count; i++) {
             const LayoutEntry *e = &m->layout.entries[i];
-            if (!is_linear_weight(e) || contains_any(e->name, &excluded)) continue;
+            if (!is_linear_weight(e) || contains_any(e->name, excluded)) continue;
             char module[160];
             module_of(e->name, module, sizeof module);
-            name_list_add(&targets, strrchr(module, '.') ? strrchr(module, '.') + 1 : module);
+            name_list_add(targets, strrchr(module, '.') ? strrchr(module, '.') + 1 : module);
         }
     }
     // patch_target_modules: every module whose path contains a target and no
@@ -176,7 +194,7 @@ static int select_lora(LlavaModel *m, const NameList *forbidden, Error *err) {
         char prefix[160];
         snprintf(prefix, sizeof prefix, "%s", module);
         for (;;) {
-            if (contains_any(prefix, &targets) && !contains_any(prefix, forbidden)) {
+            if (contains_any(prefix, targets) && !contains_any(prefix, forbidden)) {
                 int linear = strcmp(prefix, module) == 0 && is_linear_weight(e);
                 if (!linear) {
                     // Container modules repeat for every child; only complain once per name.
@@ -194,18 +212,26 @@ static int select_lora(LlavaModel *m, const NameList *forbidden, Error *err) {
     }
     if (m->n_loras == 0) return error_set(err, "lora_target: no module of the model matches '%s'", o->lora_target);
     // additional_target (PEFT modules_to_save): modules whose path ends with a name train in full.
-    NameList extra;
-    if (split_names(o->additional_target, &extra) != 0) return error_set(err, "additional_target: too many names");
+    if (split_names(o->additional_target, extra) != 0) return error_set(err, "additional_target: a name too long");
     for (int i = 0; i < m->n_weights; i++) {
         char module[160];
         module_of(m->weights[i].entry->name, module, sizeof module);
         size_t ml = strlen(module);
-        for (int j = 0; j < extra.count; j++) {
-            size_t tl = strlen(extra.items[j]);
-            if (ml >= tl && strcmp(module + ml - tl, extra.items[j]) == 0) m->weights[i].trainable = 1;
+        for (int j = 0; j < extra->count; j++) {
+            size_t tl = strlen(extra->items[j]);
+            if (ml >= tl && strcmp(module + ml - tl, extra->items[j]) == 0) m->weights[i].trainable = 1;
         }
     }
     return 0;
+}
+
+static int select_lora(LlavaModel *m, const NameList *forbidden, Error *err) {
+    NameList targets = {0}, excluded = {0}, extra = {0};
+    int rc = select_lora_lists(m, forbidden, &targets, &excluded, &extra, err);
+    name_list_free(&targets);
+    name_list_free(&excluded);
+    name_list_free(&extra);
+    return rc;
 }
 
 // Vision layers past the selected feature layer and post_layernorm never run:
@@ -221,7 +247,7 @@ static int used_by_forward(const LlavaModel *m, const char *name) {
 }
 
 int llava_select_trainable(LlavaModel *m, Error *err) {
-    NameList forbidden;
+    NameList forbidden = {0};
     forbidden_modules(&m->options, &forbidden);
     for (int i = 0; i < m->n_weights; i++) m->weights[i].trainable = 0;
     int rc;
@@ -230,11 +256,12 @@ int llava_select_trainable(LlavaModel *m, Error *err) {
     case FINETUNE_FULL: rc = select_full(m, &forbidden); break;
     case FINETUNE_FREEZE: rc = select_freeze(m, &forbidden, err); break;
     case FINETUNE_LORA: rc = select_lora(m, &forbidden, err); break;
-    default: return error_set(err, "unknown finetuning type");
+    default: rc = error_set(err, "unknown finetuning type");
     }
     for (int i = 0; i < m->n_weights; i++)
         if (!used_by_forward(m, m->weights[i].entry->name)) m->weights[i].trainable = 0;
     for (int i = 0; i < m->n_loras; i++) m->loras[i].unused = !used_by_forward(m, m->loras[i].module);
+    name_list_free(&forbidden);
     return rc;
 }
 
