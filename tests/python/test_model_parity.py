@@ -169,3 +169,34 @@ if __name__ == "__main__":
                 r = {}
                 compare(tiny_model(projector), setup, images, report=r)
                 print(f"{projector:5s} {setup:10s} images {images}: logits {r['logits']:.1e}, worst grad {r['grad']:.1e}")
+
+
+def edited_model(projector, edit_config, drop=()):
+    """A tiny model with config.json edited and some tensors removed."""
+    source = tiny_model(projector)
+    folder = os.path.join(tempdir(), "edited")
+    os.makedirs(folder)
+    with open(os.path.join(source, "config.json")) as f:
+        config = json.load(f)
+    edit_config(config)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(config, f)
+    tensors = {k: v for k, v in read_model_folder(source).items() if k not in drop}
+    write_safetensors(os.path.join(folder, "model.safetensors"), tensors)
+    return folder
+
+
+def test_tied_embeddings_full_strategy_last_layer():
+    # tie_word_embeddings (lm_head = embed_tokens, gradients from both uses),
+    # vision_feature_layer -1 (every layer runs) and the "full" strategy (class
+    # token kept: 50 tokens per image).
+    def edit(c):
+        c["text_config"]["tie_word_embeddings"] = True
+        c["tie_word_embeddings"] = True
+        c["vision_feature_layer"] = -1
+        c["vision_feature_select_strategy"] = "full"
+        c["image_seq_length"] = 50
+    folder = edited_model("llava", edit, drop=("language_model.lm_head.weight",))
+    stats, expected = compare(folder, "everything", (2, 1), seed=16)
+    assert "language_model.model.embed_tokens.weight" in expected["grads"]
+    assert "vision_tower.vision_model.encoder.layers.2.mlp.fc2.weight" in expected["grads"]
