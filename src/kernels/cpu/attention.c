@@ -1,10 +1,12 @@
 // CPU kernels: rotary position embedding and scaled dot-product attention.
 //
-// Attention keeps no L x L probability matrix: the forward saves each row's
-// log-sum-exp and the backward recomputes the probabilities from q and k
-// (the FlashAttention recipe), so activation memory grows with L, not L^2.
+// Attention keeps no L x L probability matrix between forward and backward:
+// the forward saves each row's log-sum-exp and the backward recomputes the
+// probabilities from q and k (the FlashAttention recipe), so kept activation
+// memory grows with L, not L^2 (only one head's L x L scratch is live).
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "../kernels.h"
 
@@ -46,101 +48,99 @@ static inline int key_visible(const int32_t *key_mask, int b, int L, int i, int 
     return key_mask == NULL || key_mask[(size_t)b * L + j] != 0;
 }
 
+// Attention runs one (batch, head) at a time as matrix products on OpenBLAS
+// (the products are where the time goes), with the row-wise softmax between
+// them spread over the cores. S and P are [L, L] scratch, never kept.
+
 void attention_forward(float *out, float *lse, const float *q, const float *k, const float *v, const int32_t *key_mask,
                        int B, int L, int Hq, int Hkv, int D, int causal, float scale) {
-    int group = Hq / Hkv;
-    size_t qs = (size_t)Hq * D, ks = (size_t)Hkv * D;
-#pragma omp parallel
-    {
-        float *p = malloc(sizeof(float) * (size_t)L);
-#pragma omp for collapse(2) schedule(dynamic, 4)
-        for (int bh = 0; bh < B * Hq; bh++) {
+    int group = Hq / Hkv, qs = Hq * D, ks = Hkv * D;
+    float *S = malloc(sizeof(float) * (size_t)L * L);
+    if (S == NULL) return;
+    for (int b = 0; b < B; b++) {
+        for (int h = 0; h < Hq; h++) {
+            int g = h / group;
+            const float *Q = q + (size_t)b * L * qs + (size_t)h * D;
+            const float *K = k + (size_t)b * L * ks + (size_t)g * D;
+            const float *V = v + (size_t)b * L * ks + (size_t)g * D;
+            float *O = out + (size_t)b * L * qs + (size_t)h * D;
+            float *row_lse = lse + ((size_t)b * Hq + h) * L;
+            gemm(0, 1, L, L, D, scale, Q, qs, K, ks, 0.0f, S, L);  // S = scale Q K^T
+#pragma omp parallel for schedule(static)
             for (int i = 0; i < L; i++) {
-                int b = bh / Hq, h = bh % Hq, g = h / group;
-                const float *qi = q + ((size_t)b * L + i) * qs + (size_t)h * D;
-                float *oi = out + ((size_t)b * L + i) * qs + (size_t)h * D;
-                int jmax = causal ? i + 1 : L;
+                float *row = S + (size_t)i * L;
                 float m = -INFINITY;
-                for (int j = 0; j < jmax; j++) {
-                    if (!key_visible(key_mask, b, L, i, j, causal)) {
-                        p[j] = -INFINITY;
-                        continue;
-                    }
-                    p[j] = dot(qi, k + ((size_t)b * L + j) * ks + (size_t)g * D, D) * scale;
-                    if (p[j] > m) m = p[j];
+                for (int j = 0; j < L; j++) {
+                    if (!key_visible(key_mask, b, L, i, j, causal)) row[j] = -INFINITY;
+                    else if (row[j] > m) m = row[j];
                 }
-                for (int d = 0; d < D; d++) oi[d] = 0.0f;
-                float *row_lse = lse + (size_t)bh * L + i;
-                if (m == -INFINITY) {  // nothing visible: output zero
-                    *row_lse = INFINITY;
+                if (m == -INFINITY) {  // nothing visible: zero output
+                    for (int j = 0; j < L; j++) row[j] = 0.0f;
+                    row_lse[i] = INFINITY;
                     continue;
                 }
                 double sum = 0;
-                for (int j = 0; j < jmax; j++) {
-                    p[j] = (p[j] == -INFINITY) ? 0.0f : expf(p[j] - m);
-                    sum += p[j];
+                for (int j = 0; j < L; j++) {
+                    row[j] = row[j] == -INFINITY ? 0.0f : expf(row[j] - m);
+                    sum += row[j];
                 }
                 float inv = (float)(1.0 / sum);
-                for (int j = 0; j < jmax; j++) {
-                    if (p[j] == 0.0f) continue;
-                    float w = p[j] * inv;
-                    const float *vj = v + ((size_t)b * L + j) * ks + (size_t)g * D;
-#pragma omp simd
-                    for (int d = 0; d < D; d++) oi[d] += w * vj[d];
-                }
-                *row_lse = m + (float)log(sum);
+                for (int j = 0; j < L; j++) row[j] *= inv;
+                row_lse[i] = m + (float)log(sum);
             }
+            gemm(0, 0, L, D, L, 1.0f, S, L, V, ks, 0.0f, O, qs);  // O = P V
         }
-        free(p);
     }
+    free(S);
 }
 
 void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
                         const float *q, const float *k, const float *v, const int32_t *key_mask, int B, int L, int Hq,
                         int Hkv, int D, int causal, float scale) {
-    int group = Hq / Hkv;
-    size_t qs = (size_t)Hq * D, ks = (size_t)Hkv * D;
-    // Each task owns one (batch, KV head): it writes the dk/dv rows of that head
-    // alone, and the dq rows of the query heads that share it.
-#pragma omp parallel
-    {
-#pragma omp for schedule(dynamic, 1)
-        for (int bg = 0; bg < B * Hkv; bg++) {
-            int b = bg / Hkv, g = bg % Hkv;
-            for (int j = 0; j < L; j++) {
-                float *dkj = dk + ((size_t)b * L + j) * ks + (size_t)g * D;
-                float *dvj = dv + ((size_t)b * L + j) * ks + (size_t)g * D;
-                for (int d = 0; d < D; d++) dkj[d] = dvj[d] = 0.0f;
-            }
-            for (int h = g * group; h < (g + 1) * group; h++) {
-                for (int i = 0; i < L; i++) {
-                    size_t qrow = ((size_t)b * L + i) * qs + (size_t)h * D;
-                    const float *qi = q + qrow, *doi = dout + qrow, *oi = out + qrow;
-                    float *dqi = dq + qrow;
-                    for (int d = 0; d < D; d++) dqi[d] = 0.0f;
-                    float row_lse = lse[((size_t)b * Hq + h) * L + i];
-                    if (row_lse == INFINITY) continue;
-                    // delta = sum_j p_ij dP_ij = dO_i . O_i
-                    float delta = dot(doi, oi, D);
-                    int jmax = causal ? i + 1 : L;
-                    for (int j = 0; j < jmax; j++) {
-                        if (!key_visible(key_mask, b, L, i, j, causal)) continue;
-                        const float *kj = k + ((size_t)b * L + j) * ks + (size_t)g * D;
-                        const float *vj = v + ((size_t)b * L + j) * ks + (size_t)g * D;
-                        float pij = expf(dot(qi, kj, D) * scale - row_lse);
-                        float dp = dot(doi, vj, D);
-                        float ds = pij * (dp - delta) * scale;
-                        float *dkj = dk + ((size_t)b * L + j) * ks + (size_t)g * D;
-                        float *dvj = dv + ((size_t)b * L + j) * ks + (size_t)g * D;
-#pragma omp simd
-                        for (int d = 0; d < D; d++) {
-                            dqi[d] += ds * kj[d];
-                            dkj[d] += ds * qi[d];
-                            dvj[d] += pij * doi[d];
-                        }
-                    }
+    int group = Hq / Hkv, qs = Hq * D, ks = Hkv * D;
+    float *P = malloc(sizeof(float) * (size_t)L * L), *dS = malloc(sizeof(float) * (size_t)L * L);
+    if (P == NULL || dS == NULL) {
+        free(P);
+        free(dS);
+        return;
+    }
+    for (int b = 0; b < B; b++) {
+        for (int j = 0; j < L; j++) {
+            memset(dk + ((size_t)b * L + j) * ks, 0, sizeof(float) * (size_t)ks);
+            memset(dv + ((size_t)b * L + j) * ks, 0, sizeof(float) * (size_t)ks);
+        }
+        for (int h = 0; h < Hq; h++) {
+            int g = h / group;
+            const float *Q = q + (size_t)b * L * qs + (size_t)h * D;
+            const float *K = k + (size_t)b * L * ks + (size_t)g * D;
+            const float *V = v + (size_t)b * L * ks + (size_t)g * D;
+            const float *O = out + (size_t)b * L * qs + (size_t)h * D;
+            const float *dO = dout + (size_t)b * L * qs + (size_t)h * D;
+            float *dQ = dq + (size_t)b * L * qs + (size_t)h * D;
+            float *dK = dk + (size_t)b * L * ks + (size_t)g * D;
+            float *dV = dv + (size_t)b * L * ks + (size_t)g * D;
+            const float *row_lse = lse + ((size_t)b * Hq + h) * L;
+            gemm(0, 1, L, L, D, scale, Q, qs, K, ks, 0.0f, P, L);   // S again
+            gemm(0, 1, L, L, D, 1.0f, dO, qs, V, ks, 0.0f, dS, L);  // dP = dO V^T
+#pragma omp parallel for schedule(static)
+            for (int i = 0; i < L; i++) {
+                float *p = P + (size_t)i * L, *ds = dS + (size_t)i * L;
+                if (row_lse[i] == INFINITY) {
+                    for (int j = 0; j < L; j++) p[j] = ds[j] = 0.0f;
+                    continue;
+                }
+                // delta_i = sum_j P_ij dP_ij = dO_i . O_i
+                float delta = dot(dO + (size_t)i * qs, O + (size_t)i * qs, D);
+                for (int j = 0; j < L; j++) {
+                    p[j] = key_visible(key_mask, b, L, i, j, causal) ? expf(p[j] - row_lse[i]) : 0.0f;
+                    ds[j] = p[j] * (ds[j] - delta) * scale;
                 }
             }
+            gemm(0, 0, L, D, L, 1.0f, dS, L, K, ks, 0.0f, dQ, qs);  // dQ = dS K
+            gemm(1, 0, L, D, L, 1.0f, dS, L, Q, qs, 1.0f, dK, ks);  // dK += dS^T Q
+            gemm(1, 0, L, D, L, 1.0f, P, L, dO, qs, 1.0f, dV, ks);  // dV += P^T dO
         }
     }
+    free(P);
+    free(dS);
 }
