@@ -24,6 +24,8 @@ static const Command commands[] = {
     {"train", command_train, "fine-tune a model as a LLaMA-Factory YAML recipe says"},
     {"init-tiny", command_init_tiny, "write a small random LLaVA model in Hugging Face layout"},
     {"info", command_info, "check a model folder and print its summary"},
+    {"preprocess", command_preprocess, "run the image pipeline on files and save each stage"},
+    {"demo-data", command_demo_data, "write a procedurally drawn image dataset (mllm_demo format)"},
 };
 
 static void print_help(FILE *out) {
