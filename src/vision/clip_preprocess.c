@@ -294,13 +294,19 @@ int clip_preprocess(const ClipConfig *config, const ImageBounds *bounds, const I
     out->height = out_h;
     out->width = out_w;
     size_t plane = (size_t)out_w * out_h;
-    for (int y = 0; y < out_h; y++) {
-        int sy = y + top - window.y;  // row in `kept`
-        for (int x = 0; x < out_w; x++) {
-            int sx = x + left - window.x;
-            int inside = sy >= 0 && sy < window.height && sx >= 0 && sx < window.width;
-            const uint8_t *p = inside ? kept + ((size_t)sy * window.width + sx) * 3 : NULL;
-            for (int c = 0; c < 3; c++) out->data[c * plane + (size_t)y * out_w + x] = table[c][p ? p[c] : 0];
+    // Padding (where the crop is larger than the image) is pixel value 0.
+    for (int c = 0; c < 3; c++)
+        for (size_t i = 0; i < plane; i++) out->data[c * plane + i] = table[c][0];
+    // The computed window lands at (window.x - left, window.y - top).
+    int dst_x = window.x - left, dst_y = window.y - top;
+    for (int y = 0; y < window.height; y++) {
+        const uint8_t *src = kept + (size_t)y * window.width * 3;
+        size_t row = (size_t)(dst_y + y) * out_w + (size_t)dst_x;
+        float *r = out->data + row, *g = out->data + plane + row, *b = out->data + 2 * plane + row;
+        for (int x = 0; x < window.width; x++) {
+            r[x] = table[0][src[3 * x]];
+            g[x] = table[1][src[3 * x + 1]];
+            b[x] = table[2][src[3 * x + 2]];
         }
     }
     goto done;

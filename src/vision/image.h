@@ -48,6 +48,10 @@ int image_decode_file(const char *path, Image *out, Error *err);
 int image_decode_memory(const uint8_t *data, size_t size, const char *name, Image *out, Error *err);
 
 // Decodes a file and converts it to 8-bit RGB (out->mode == IMAGE_MODE_RGB).
+// For training inputs prefer image_decode_file + clip_preprocess (or
+// clip_preprocess_file): LLaMA-Factory bounds the size *before* converting,
+// and for RGBA, LA, P and 16-bit grey images above image_max_pixels the
+// order changes the bytes.
 int image_load_rgb(const char *path, Image *out, Error *err);
 
 // Pillow's convert("RGB"): alpha dropped (not composited), grey replicated,
