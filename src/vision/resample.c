@@ -9,6 +9,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
+
 #define FIXED_POINT_BITS 22  // Pillow's PRECISION_BITS = 32 - 8 - 2
 #define BICUBIC_SUPPORT 2.0
 
@@ -85,56 +89,147 @@ static inline uint8_t clamp_fixed_to_u8(int32_t sum) {
     return (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
 }
 
-// Horizontal pass over rows [row0, row0 + rows) of `in`, output columns
-// [col0, col0 + cols): out is rows x cols x channels.
-static inline void horizontal_pass(const uint8_t *in, int in_w, int channels, int row0, int rows, int col0, int cols,
-                                   const Coefficients *c, uint8_t *out) {
-    size_t in_stride = (size_t)in_w * channels;
-    for (int y = 0; y < rows; y++) {
-        const uint8_t *src = in + (size_t)(row0 + y) * in_stride;
-        uint8_t *dst = out + (size_t)y * cols * channels;
-        for (int x = 0; x < cols; x++) {
-            int xx = col0 + x;
-            const int32_t *k = c->fixed + (size_t)xx * c->ksize;
-            const uint8_t *p = src + (size_t)c->first[xx] * channels;
-            int n = c->count[xx];
-            if (channels == 3) {
-                int32_t s0 = 1 << (FIXED_POINT_BITS - 1), s1 = s0, s2 = s0;
-                for (int i = 0; i < n; i++) {
-                    s0 += p[3 * i] * k[i];
-                    s1 += p[3 * i + 1] * k[i];
-                    s2 += p[3 * i + 2] * k[i];
-                }
-                dst[3 * x] = clamp_fixed_to_u8(s0);
-                dst[3 * x + 1] = clamp_fixed_to_u8(s1);
-                dst[3 * x + 2] = clamp_fixed_to_u8(s2);
-            } else {
-                for (int ch = 0; ch < channels; ch++) {
-                    int32_t s = 1 << (FIXED_POINT_BITS - 1);
-                    for (int i = 0; i < n; i++) s += p[channels * i + ch] * k[i];
-                    dst[channels * x + ch] = clamp_fixed_to_u8(s);
-                }
-            }
-        }
+// The one kernel both passes use: out[i] = clamp((bias + sum_j line_j[i] *
+// k[j]) >> 22) for i < width, where line_j = base + (first + j) * stride.
+// Integer sums are exact, so summing tap by tap over whole lines gives
+// Pillow's per-pixel result bit for bit, in any order.
+static void weighted_lines_scalar(const uint8_t *base, size_t stride, int first, int count, const int32_t *k,
+                                  size_t begin, size_t width, uint8_t *out) {
+    for (size_t i = begin; i < width; i++) {
+        int32_t sum = 1 << (FIXED_POINT_BITS - 1);
+        for (int j = 0; j < count; j++) sum += base[(size_t)(first + j) * stride + i] * k[j];
+        out[i] = clamp_fixed_to_u8(sum);
     }
 }
 
+#ifdef __SSE2__
+// SSE2 version, 16 outputs at a time. Each 22-bit weight is split as
+// w = hi * 2048 + lo (0 <= lo < 2048) so both halves fit in int16 and
+// _mm_madd_epi16 can multiply pixel pairs from two taps and add them into
+// int32 lanes; hi * 2048 + lo recombines the exact integer sum.
+static void weighted_lines(const uint8_t *base, size_t stride, int first, int count, const int32_t *k, size_t width,
+                           uint8_t *out) {
+    enum { MAX_TAP_PAIRS = 512 };
+    if (count > 2 * MAX_TAP_PAIRS) {
+        weighted_lines_scalar(base, stride, first, count, k, 0, width, out);
+        return;
+    }
+    __m128i weights_hi[MAX_TAP_PAIRS], weights_lo[MAX_TAP_PAIRS];
+    const uint8_t *lines[2 * MAX_TAP_PAIRS];
+    int pairs = (count + 1) / 2;
+    for (int j = 0; j < 2 * pairs; j++) {
+        // An odd last tap pairs with a zero-weight copy of itself.
+        lines[j] = base + (size_t)(first + (j < count ? j : count - 1)) * stride;
+    }
+    for (int p = 0; p < pairs; p++) {
+        int32_t w0 = k[2 * p], w1 = 2 * p + 1 < count ? k[2 * p + 1] : 0;
+        int16_t hi0 = (int16_t)(w0 >> 11), hi1 = (int16_t)(w1 >> 11);
+        int16_t lo0 = (int16_t)(w0 - hi0 * 2048), lo1 = (int16_t)(w1 - hi1 * 2048);
+        weights_hi[p] = _mm_set_epi16(hi1, hi0, hi1, hi0, hi1, hi0, hi1, hi0);
+        weights_lo[p] = _mm_set_epi16(lo1, lo0, lo1, lo0, lo1, lo0, lo1, lo0);
+    }
+    const __m128i zero = _mm_setzero_si128();
+    const __m128i bias = _mm_set1_epi32(1 << (FIXED_POINT_BITS - 1));
+    size_t i = 0;
+    for (; i + 16 <= width; i += 16) {
+        __m128i hi[4] = {zero, zero, zero, zero}, lo[4] = {zero, zero, zero, zero};
+        for (int p = 0; p < pairs; p++) {
+            __m128i a = _mm_loadu_si128((const __m128i *)(lines[2 * p] + i));
+            __m128i b = _mm_loadu_si128((const __m128i *)(lines[2 * p + 1] + i));
+            __m128i ab_first = _mm_unpacklo_epi8(a, b), ab_second = _mm_unpackhi_epi8(a, b);
+            __m128i q[4] = {_mm_unpacklo_epi8(ab_first, zero), _mm_unpackhi_epi8(ab_first, zero),
+                            _mm_unpacklo_epi8(ab_second, zero), _mm_unpackhi_epi8(ab_second, zero)};
+            for (int g = 0; g < 4; g++) {
+                hi[g] = _mm_add_epi32(hi[g], _mm_madd_epi16(q[g], weights_hi[p]));
+                lo[g] = _mm_add_epi32(lo[g], _mm_madd_epi16(q[g], weights_lo[p]));
+            }
+        }
+        __m128i v[4];
+        for (int g = 0; g < 4; g++) {
+            __m128i sum = _mm_add_epi32(_mm_add_epi32(_mm_slli_epi32(hi[g], 11), lo[g]), bias);
+            v[g] = _mm_srai_epi32(sum, FIXED_POINT_BITS);
+        }
+        // Saturating packs clamp to 0..255 exactly as clamp_fixed_to_u8.
+        __m128i packed = _mm_packus_epi16(_mm_packs_epi32(v[0], v[1]), _mm_packs_epi32(v[2], v[3]));
+        _mm_storeu_si128((__m128i *)(out + i), packed);
+    }
+    weighted_lines_scalar(base, stride, first, count, k, i, width, out);
+}
+#else
+static void weighted_lines(const uint8_t *base, size_t stride, int first, int count, const int32_t *k, size_t width,
+                           uint8_t *out) {
+    weighted_lines_scalar(base, stride, first, count, k, 0, width, out);
+}
+#endif
+
+// Pixel transpose: dst[x][y] = src[y][x] for a rows x cols block of
+// `channels`-byte pixels; src rows are src_stride bytes apart, dst rows
+// (one per source column) dst_stride bytes apart. Tiled for the cache.
+static void transpose_pixels(const uint8_t *src, size_t src_stride, int rows, int cols, int channels, uint8_t *dst,
+                             size_t dst_stride) {
+    enum { TILE = 32 };
+    for (int y0 = 0; y0 < rows; y0 += TILE)
+        for (int x0 = 0; x0 < cols; x0 += TILE) {
+            int y1 = y0 + TILE < rows ? y0 + TILE : rows, x1 = x0 + TILE < cols ? x0 + TILE : cols;
+            for (int x = x0; x < x1; x++) {
+                uint8_t *d = dst + (size_t)x * dst_stride;
+                const uint8_t *s = src + (size_t)x * channels;
+                if (channels == 3) {
+                    for (int y = y0; y < y1; y++) {
+                        d[3 * y] = s[(size_t)y * src_stride];
+                        d[3 * y + 1] = s[(size_t)y * src_stride + 1];
+                        d[3 * y + 2] = s[(size_t)y * src_stride + 2];
+                    }
+                } else {
+                    for (int y = y0; y < y1; y++)
+                        for (int ch = 0; ch < channels; ch++)
+                            d[(size_t)y * channels + ch] = s[(size_t)y * src_stride + ch];
+                }
+            }
+        }
+}
+
+// Horizontal pass over rows [row0, row0 + rows) of `in`, output columns
+// [col0, col0 + cols): out is rows x cols x channels. Done as a vertical
+// pass on the transposed image, so the SIMD kernel above does the work.
+static int horizontal_pass(const uint8_t *in, int in_w, int channels, int row0, int rows, int col0, int cols,
+                           const Coefficients *c, uint8_t *out) {
+    int src_first = c->first[col0], src_last = src_first;
+    for (int x = col0; x < col0 + cols; x++) {
+        if (c->first[x] < src_first) src_first = c->first[x];
+        if (c->first[x] + c->count[x] > src_last) src_last = c->first[x] + c->count[x];
+    }
+    int src_cols = src_last - src_first;
+    size_t line = (size_t)rows * channels;  // one transposed column
+    uint8_t *columns = malloc(line * (size_t)(src_cols > 0 ? src_cols : 1));
+    uint8_t *result = malloc(line * (size_t)cols);
+    if (columns == NULL || result == NULL) {
+        free(columns);
+        free(result);
+        return -1;
+    }
+    size_t in_stride = (size_t)in_w * channels;
+    transpose_pixels(in + (size_t)row0 * in_stride + (size_t)src_first * channels, in_stride, rows, src_cols,
+                     channels, columns, line);
+    for (int x = 0; x < cols; x++) {
+        int xx = col0 + x;
+        weighted_lines(columns, line, c->first[xx] - src_first, c->count[xx], c->fixed + (size_t)xx * c->ksize, line,
+                       result + (size_t)x * line);
+    }
+    transpose_pixels(result, line, cols, rows, channels, out, (size_t)cols * channels);
+    free(columns);
+    free(result);
+    return 0;
+}
+
 // Vertical pass: `in` holds rows starting at source row `row_base`, `width`
-// bytes wide; output rows [row0, row0 + rows). Sums a whole row at a time
-// (integer sums are exact, so the order does not matter).
+// bytes wide; output rows [row0, row0 + rows).
 static void vertical_pass(const uint8_t *in, size_t width, int row_base, int row0, int rows, const Coefficients *c,
-                          int32_t *acc, uint8_t *out) {
+                          uint8_t *out) {
     for (int y = 0; y < rows; y++) {
         int yy = row0 + y;
-        const int32_t *k = c->fixed + (size_t)yy * c->ksize;
-        for (size_t i = 0; i < width; i++) acc[i] = 1 << (FIXED_POINT_BITS - 1);
-        for (int j = 0; j < c->count[yy]; j++) {
-            const uint8_t *src = in + (size_t)(c->first[yy] + j - row_base) * width;
-            int32_t w = k[j];
-            for (size_t i = 0; i < width; i++) acc[i] += src[i] * w;
-        }
-        uint8_t *dst = out + (size_t)y * width;
-        for (size_t i = 0; i < width; i++) dst[i] = clamp_fixed_to_u8(acc[i]);
+        weighted_lines(in, width, c->first[yy] - row_base, c->count[yy], c->fixed + (size_t)yy * c->ksize, width,
+                       out + (size_t)y * width);
     }
 }
 
@@ -167,22 +262,22 @@ int resample_bicubic_u8(const uint8_t *in, int in_w, int in_h, int channels, int
     int rows = row_last - row_first;
     size_t width = (size_t)window->width * channels;
     uint8_t *middle = malloc(width * (size_t)(rows > 0 ? rows : 1));
-    int32_t *acc = malloc(sizeof(int32_t) * width);
     int rc = 0;
-    if (middle == NULL || acc == NULL) {
+    if (middle == NULL) {
         rc = error_set(err, "out of memory resampling %dx%d -> %dx%d", in_w, in_h, out_w, out_h);
     } else {
         if (need_horizontal) {
-            horizontal_pass(in, in_w, channels, row_first, rows, window->x, window->width, &horiz, middle);
+            if (horizontal_pass(in, in_w, channels, row_first, rows, window->x, window->width, &horiz, middle) != 0)
+                rc = error_set(err, "out of memory resampling %dx%d -> %dx%d", in_w, in_h, out_w, out_h);
         } else {
             for (int y = 0; y < rows; y++)
                 memcpy(middle + (size_t)y * width, in + ((size_t)(row_first + y) * in_w + window->x) * channels, width);
         }
-        if (need_vertical) vertical_pass(middle, width, row_first, window->y, window->height, &vert, acc, out);
-        else memcpy(out, middle, width * (size_t)window->height);
+        if (rc == 0 && need_vertical)
+            vertical_pass(middle, width, row_first, window->y, window->height, &vert, out);
+        else if (rc == 0) memcpy(out, middle, width * (size_t)window->height);
     }
     free(middle);
-    free(acc);
     coefficients_free(&horiz);
     coefficients_free(&vert);
     return rc;

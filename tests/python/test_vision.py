@@ -6,7 +6,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from vision_reference import (clip_config, full_reference, pack_bits, write_config, write_png_raw)
+from vision_reference import (clip_config, full_reference, pack_bits, write_config, write_png_adam7, write_png_raw)
 from vlft_testing import read_safetensors, run_vlft, tempdir
 
 
@@ -173,6 +173,11 @@ def png_variants(folder, rng):
     raw("pal8_short", 8, 3, [bytes(r.astype(np.uint8)) for r in short], palette=list(range(15)), trns=b"\x00\x80")
     raw("pal8", 8, 3, [bytes(r.astype(np.uint8)) for r in rng.integers(0, 256, size=(h, w))],
         palette=rng.integers(0, 256, size=768).tolist())
+    # Adam7-interlaced, including sizes smaller than one 8x8 block.
+    for (iw, ih, c) in [(w, h, 3), (5, 3, 4), (1, 1, 3), (9, 2, 1), (13, 11, 2)]:
+        path = os.path.join(folder, f"adam7_{iw}x{ih}x{c}.png")
+        write_png_adam7(path, rng.integers(0, 256, size=(ih, iw, c), dtype=np.uint8))
+        paths.append(path)
     # PIL-written ones too.
     img = Image.fromarray(random_image(rng, w, h))
     for mode in ("RGB", "RGBA", "L", "LA", "P"):

@@ -128,6 +128,27 @@ def write_png_raw(path, width, height, bit_depth, colour_type, rows, palette=Non
         f.write(out)
 
 
+ADAM7 = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)]
+
+
+def write_png_adam7(path, array):
+    """An Adam7-interlaced 8-bit PNG of an HxWxC uint8 array (C = 1, 2, 3, 4)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xffffffff)
+    h, w, c = array.shape
+    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[c]
+    raw = b""
+    for x0, y0, dx, dy in ADAM7:
+        sub = array[y0::dy, x0::dx]
+        if sub.shape[0] == 0 or sub.shape[1] == 0:
+            continue
+        raw += b"".join(b"\x00" + row.tobytes() for row in sub)
+    out = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, colour_type, 0, 0, 1))
+    out += chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    with open(path, "wb") as f:
+        f.write(out)
+
+
 def pack_bits(values, bit_depth):
     """Packs small integers MSB-first into bytes at bit_depth (1, 2, 4)."""
     per_byte = 8 // bit_depth
