@@ -103,7 +103,7 @@ static void weighted_lines_scalar(const uint8_t *base, size_t stride, int first,
 }
 
 #ifdef __SSE2__
-// SSE2 version, 16 outputs at a time. Each 22-bit weight is split as
+// SSE2 version. Each 22-bit weight is split as
 // w = hi * 2048 + lo (0 <= lo < 2048) so both halves fit in int16 and
 // _mm_madd_epi16 can multiply pixel pairs from two taps and add them into
 // int32 lanes; hi * 2048 + lo recombines the exact integer sum.
@@ -131,27 +131,26 @@ static void weighted_lines(const uint8_t *base, size_t stride, int first, int co
     const __m128i zero = _mm_setzero_si128();
     const __m128i bias = _mm_set1_epi32(1 << (FIXED_POINT_BITS - 1));
     size_t i = 0;
-    for (; i + 16 <= width; i += 16) {
-        __m128i hi[4] = {zero, zero, zero, zero}, lo[4] = {zero, zero, zero, zero};
+    // Eight outputs per step keeps the accumulators in registers.
+    for (; i + 8 <= width; i += 8) {
+        __m128i hi_first = zero, hi_second = zero, lo_first = zero, lo_second = zero;
         for (int p = 0; p < pairs; p++) {
-            __m128i a = _mm_loadu_si128((const __m128i *)(lines[2 * p] + i));
-            __m128i b = _mm_loadu_si128((const __m128i *)(lines[2 * p + 1] + i));
-            __m128i ab_first = _mm_unpacklo_epi8(a, b), ab_second = _mm_unpackhi_epi8(a, b);
-            __m128i q[4] = {_mm_unpacklo_epi8(ab_first, zero), _mm_unpackhi_epi8(ab_first, zero),
-                            _mm_unpacklo_epi8(ab_second, zero), _mm_unpackhi_epi8(ab_second, zero)};
-            for (int g = 0; g < 4; g++) {
-                hi[g] = _mm_add_epi32(hi[g], _mm_madd_epi16(q[g], weights_hi[p]));
-                lo[g] = _mm_add_epi32(lo[g], _mm_madd_epi16(q[g], weights_lo[p]));
-            }
+            __m128i a = _mm_loadl_epi64((const __m128i *)(lines[2 * p] + i));
+            __m128i b = _mm_loadl_epi64((const __m128i *)(lines[2 * p + 1] + i));
+            __m128i ab = _mm_unpacklo_epi8(a, b);  // a0 b0 a1 b1 ... a7 b7
+            __m128i first_four = _mm_unpacklo_epi8(ab, zero), second_four = _mm_unpackhi_epi8(ab, zero);
+            hi_first = _mm_add_epi32(hi_first, _mm_madd_epi16(first_four, weights_hi[p]));
+            lo_first = _mm_add_epi32(lo_first, _mm_madd_epi16(first_four, weights_lo[p]));
+            hi_second = _mm_add_epi32(hi_second, _mm_madd_epi16(second_four, weights_hi[p]));
+            lo_second = _mm_add_epi32(lo_second, _mm_madd_epi16(second_four, weights_lo[p]));
         }
-        __m128i v[4];
-        for (int g = 0; g < 4; g++) {
-            __m128i sum = _mm_add_epi32(_mm_add_epi32(_mm_slli_epi32(hi[g], 11), lo[g]), bias);
-            v[g] = _mm_srai_epi32(sum, FIXED_POINT_BITS);
-        }
+        __m128i v0 = _mm_add_epi32(_mm_add_epi32(_mm_slli_epi32(hi_first, 11), lo_first), bias);
+        __m128i v1 = _mm_add_epi32(_mm_add_epi32(_mm_slli_epi32(hi_second, 11), lo_second), bias);
+        v0 = _mm_srai_epi32(v0, FIXED_POINT_BITS);
+        v1 = _mm_srai_epi32(v1, FIXED_POINT_BITS);
         // Saturating packs clamp to 0..255 exactly as clamp_fixed_to_u8.
-        __m128i packed = _mm_packus_epi16(_mm_packs_epi32(v[0], v[1]), _mm_packs_epi32(v[2], v[3]));
-        _mm_storeu_si128((__m128i *)(out + i), packed);
+        __m128i packed = _mm_packus_epi16(_mm_packs_epi32(v0, v1), zero);
+        _mm_storel_epi64((__m128i *)(out + i), packed);
     }
     weighted_lines_scalar(base, stride, first, count, k, i, width, out);
 }

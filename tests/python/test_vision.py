@@ -113,6 +113,16 @@ def test_parity_bounds_parameters():
     paths = save_images(folder, rng, random_sizes(rng, 12, 10, 300, 3.0), "b")
     compare_all(folder, clip_config(64, 56), paths, max_pixels=5000, min_pixels=4000)
     compare_all(folder, clip_config(64, 56), paths, max_pixels=100000, min_pixels=0)
+    # Extreme downscales: thousands of taps per output pixel (the kernel's
+    # scalar fallback) and a 1-pixel-wide intermediate.
+    big = save_images(folder, rng, [(2100, 1900), (1500, 40)], "big")
+    compare_all(folder, clip_config(8, 8), big[:1], max_pixels=4, min_pixels=0)
+    compare_all(folder, clip_config(8, 8), big, max_pixels=40, min_pixels=0)
+    # A side that would round to zero is an error naming the file (Pillow
+    # cannot preprocess it either).
+    result = run_vlft("preprocess", "--config", os.path.join(folder, "preprocessor_config.json"), "--out",
+                      os.path.join(folder, "x.safetensors"), "--max-pixels", 4, big[1], check=False)
+    assert result.returncode == 1 and big[1] in result.stderr, result.stderr
 
 
 def test_jpeg_variants_match_pillow():
