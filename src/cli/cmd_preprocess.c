@@ -85,11 +85,21 @@ int command_preprocess(int argc, char **argv) {
             rc = EXIT_BAD_INPUT;
             break;
         }
+        // The stages come from a run that keeps every intermediate; the
+        // tensor saved is from the plain run training uses (which may skip
+        // pixels the crop discards), and the two must agree exactly.
         ClipStages stages = {&bounded[i], &resized[i]};
-        if (clip_preprocess(&config, &bounds, &image, &tensors[i], &stages, &err) != 0) {
+        ClipTensor with_stages = {0};
+        if (clip_preprocess(&config, &bounds, &image, &with_stages, &stages, &err) != 0 ||
+            clip_preprocess(&config, &bounds, &image, &tensors[i], NULL, &err) != 0) {
             fprintf(stderr, "vlft preprocess: %s: %s\n", images[i], err.message);
             rc = EXIT_BAD_INPUT;
+        } else if (memcmp(with_stages.data, tensors[i].data,
+                          sizeof(float) * 3 * (size_t)tensors[i].height * tensors[i].width) != 0) {
+            fprintf(stderr, "vlft preprocess: %s: internal error: the two preprocessing paths disagree\n", images[i]);
+            rc = EXIT_BAD_INPUT;
         }
+        clip_tensor_free(&with_stages);
         image_free(&image);
         if (rc != EXIT_OK) break;
         snprintf(names[3 * i], sizeof names[0], "pixel_values.%d", i);

@@ -238,26 +238,84 @@ void clip_tensor_free(ClipTensor *tensor) {
     tensor->data = NULL;
 }
 
+// Where steps 3-4 take an image of width x height: the resized size, the
+// output size, the crop offsets in resized coordinates (negative where
+// transformers pads), and the part of the resized image the crop keeps.
+typedef struct {
+    int resized_w, resized_h, out_w, out_h, left, top;
+    ResampleWindow window;
+} CropGeometry;
+
+static CropGeometry crop_geometry(const ClipConfig *config, int width, int height) {
+    CropGeometry g;
+    resized_size(config, width, height, &g.resized_w, &g.resized_h);
+    g.out_w = config->do_center_crop ? config->crop_width : g.resized_w;
+    g.out_h = config->do_center_crop ? config->crop_height : g.resized_h;
+    g.left = config->do_center_crop ? floor_div2(g.resized_w - g.out_w) : 0;
+    g.top = config->do_center_crop ? floor_div2(g.resized_h - g.out_h) : 0;
+    g.window.x = g.left > 0 ? g.left : 0;
+    g.window.y = g.top > 0 ? g.top : 0;
+    g.window.width = (g.left + g.out_w < g.resized_w ? g.left + g.out_w : g.resized_w) - g.window.x;
+    g.window.height = (g.top + g.out_h < g.resized_h ? g.top + g.out_h : g.resized_h) - g.window.y;
+    return g;
+}
+
+// The common training case, an RGB image (JPEG) above image_max_pixels:
+// step 1's resize only computes the pixels step 3 will read for the kept
+// window, which is exact because every output pixel is computed on its own.
+// Returns 1 with *rgb filled (pixels outside that region left zero), 0 when
+// the case does not apply, -1 on error.
+static int bounded_region_only(const ClipConfig *config, const ImageBounds *bounds, const Image *image, Image *rgb,
+                               Error *err) {
+    long long pixels = (long long)image->width * image->height;
+    if (image->mode != IMAGE_MODE_RGB || config->pad_to_square || bounds->max_pixels <= 0 ||
+        pixels <= bounds->max_pixels)
+        return 0;
+    int w = 0, h = 0;
+    if (bounded_size(image->width, image->height, bounds->max_pixels, &w, &h, err) != 0) return -1;
+    if ((long long)w * h < bounds->min_pixels) return 0;  // a second resize follows: take the general path
+    CropGeometry g = crop_geometry(config, w, h);
+    ResampleWindow region;
+    int x_end, y_end;
+    resample_source_span(w, g.resized_w, g.window.x, g.window.width, &region.x, &x_end);
+    resample_source_span(h, g.resized_h, g.window.y, g.window.height, &region.y, &y_end);
+    region.width = x_end - region.x;
+    region.height = y_end - region.y;
+    if (region.width <= 0 || region.height <= 0) return 0;
+    if (image_alloc(rgb, IMAGE_MODE_RGB, w, h, err) != 0) return -1;
+    uint8_t *part = malloc((size_t)region.width * region.height * 3);
+    if (part == NULL) {
+        image_free(rgb);
+        return error_set(err, "out of memory bounding a %dx%d image", image->width, image->height);
+    }
+    if (resample_bicubic_u8(image->pixels, image->width, image->height, 3, w, h, &region, part, err) != 0) {
+        free(part);
+        image_free(rgb);
+        return -1;
+    }
+    for (int y = 0; y < region.height; y++)
+        memcpy(rgb->pixels + ((size_t)(region.y + y) * w + region.x) * 3, part + (size_t)y * region.width * 3,
+               (size_t)region.width * 3);
+    free(part);
+    return 1;
+}
+
 int clip_preprocess(const ClipConfig *config, const ImageBounds *bounds, const Image *image, ClipTensor *out,
                     ClipStages *stages, Error *err) {
     memset(out, 0, sizeof *out);
     Image rgb;
-    if (image_apply_bounds(image, bounds, &rgb, err) != 0) return -1;
+    // With stages asked for, the whole bounded image is wanted: general path.
+    int handled = stages == NULL ? bounded_region_only(config, bounds, image, &rgb, err) : 0;
+    if (handled < 0) return -1;
+    if (!handled && image_apply_bounds(image, bounds, &rgb, err) != 0) return -1;
     if (config->pad_to_square && pad_to_square(&rgb, config->image_mean, err) != 0) {
         image_free(&rgb);
         return -1;
     }
-    int resized_w, resized_h;
-    resized_size(config, rgb.width, rgb.height, &resized_w, &resized_h);
-    int out_w = config->do_center_crop ? config->crop_width : resized_w;
-    int out_h = config->do_center_crop ? config->crop_height : resized_h;
-    // Crop offsets in resized coordinates (negative where transformers pads).
-    int left = config->do_center_crop ? floor_div2(resized_w - out_w) : 0;
-    int top = config->do_center_crop ? floor_div2(resized_h - out_h) : 0;
-    // The part of the resized image the crop keeps; only that is computed.
-    ResampleWindow window = {left > 0 ? left : 0, top > 0 ? top : 0, 0, 0};
-    window.width = (left + out_w < resized_w ? left + out_w : resized_w) - window.x;
-    window.height = (top + out_h < resized_h ? top + out_h : resized_h) - window.y;
+    CropGeometry geometry = crop_geometry(config, rgb.width, rgb.height);
+    int resized_w = geometry.resized_w, resized_h = geometry.resized_h;
+    int out_w = geometry.out_w, out_h = geometry.out_h, left = geometry.left, top = geometry.top;
+    ResampleWindow window = geometry.window;
     uint8_t *kept = malloc((size_t)window.width * window.height * 3);
     out->data = malloc(sizeof(float) * 3 * (size_t)out_w * out_h);
     int rc = 0;

@@ -41,12 +41,47 @@ static void coefficients_free(Coefficients *c) {
     free(c->fixed);
 }
 
+// Pillow's scale and filter support for in_size -> out_size; box edges are
+// floats there, and for sizes below 2^24 that conversion is exact.
+static void filter_geometry(int in_size, int out_size, double *scale, double *filter_scale, double *support) {
+    *scale = (double)((float)in_size - 0.0f) / out_size;
+    *filter_scale = *scale < 1.0 ? 1.0 : *scale;
+    *support = BICUBIC_SUPPORT * *filter_scale;
+}
+
+// The source indices [*first, *first + *count) output xx reads.
+static void tap_range(int in_size, double scale, double support, int xx, double *center, int *first, int *count) {
+    *center = 0.0 + (xx + 0.5) * scale;
+    int xmin = (int)(*center - support + 0.5);
+    if (xmin < 0) xmin = 0;
+    int xmax = (int)(*center + support + 0.5);
+    if (xmax > in_size) xmax = in_size;
+    *first = xmin;
+    *count = xmax - xmin < 0 ? 0 : xmax - xmin;
+}
+
+void resample_source_span(int in_size, int out_size, int out_first, int out_count, int *first, int *end) {
+    if (in_size == out_size) {  // no pass in this direction: the window itself
+        *first = out_first;
+        *end = out_first + out_count;
+        return;
+    }
+    double scale, filter_scale, support, center;
+    filter_geometry(in_size, out_size, &scale, &filter_scale, &support);
+    *first = in_size;
+    *end = 0;
+    for (int xx = out_first; xx < out_first + out_count; xx++) {
+        int x0, n;
+        tap_range(in_size, scale, support, xx, &center, &x0, &n);
+        if (x0 < *first) *first = x0;
+        if (x0 + n > *end) *end = x0 + n;
+    }
+}
+
 static int coefficients_compute(int in_size, int out_size, Coefficients *c, Error *err) {
     memset(c, 0, sizeof *c);
-    // Pillow's box edges are floats; for sizes below 2^24 the conversion is exact.
-    double scale = (double)((float)in_size - 0.0f) / out_size;
-    double filter_scale = scale < 1.0 ? 1.0 : scale;
-    double support = BICUBIC_SUPPORT * filter_scale;
+    double scale, filter_scale, support;
+    filter_geometry(in_size, out_size, &scale, &filter_scale, &support);
     c->ksize = (int)ceil(support) * 2 + 1;
     c->first = malloc(sizeof(int) * (size_t)out_size);
     c->count = malloc(sizeof(int) * (size_t)out_size);
@@ -57,13 +92,9 @@ static int coefficients_compute(int in_size, int out_size, Coefficients *c, Erro
         return error_set(err, "out of memory for resampling coefficients (%d -> %d)", in_size, out_size);
     }
     for (int xx = 0; xx < out_size; xx++) {
-        double center = 0.0 + (xx + 0.5) * scale;
-        double inv_filter_scale = 1.0 / filter_scale;
-        int xmin = (int)(center - support + 0.5);
-        if (xmin < 0) xmin = 0;
-        int xmax = (int)(center + support + 0.5);
-        if (xmax > in_size) xmax = in_size;
-        xmax -= xmin;
+        double center, inv_filter_scale = 1.0 / filter_scale;
+        int xmin, xmax;  // first source index and the number of them
+        tap_range(in_size, scale, support, xx, &center, &xmin, &xmax);
         double *k = c->weight + (size_t)xx * c->ksize;
         double total = 0.0;
         for (int x = 0; x < xmax; x++) {
@@ -79,7 +110,7 @@ static int coefficients_compute(int in_size, int out_size, Coefficients *c, Erro
             f[x] = k[x] < 0 ? (int32_t)(-0.5 + scaled) : (int32_t)(0.5 + scaled);
         }
         c->first[xx] = xmin;
-        c->count[xx] = xmax < 0 ? 0 : xmax;
+        c->count[xx] = xmax;
     }
     return 0;
 }

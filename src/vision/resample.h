@@ -28,6 +28,11 @@ typedef struct {
 int resample_bicubic_u8(const uint8_t *in, int in_w, int in_h, int channels, int out_w, int out_h,
                         const ResampleWindow *window, uint8_t *out, Error *err);
 
+// The span [*first, *end) of source indices that outputs [out_first,
+// out_first + out_count) of an in_size -> out_size BICUBIC pass read (the
+// window itself when the sizes are equal, since then no pass runs).
+void resample_source_span(int in_size, int out_size, int out_first, int out_count, int *first, int *end);
+
 // 32-bit integer grey (Pillow mode I), BICUBIC, whole output.
 int resample_bicubic_i32(const int32_t *in, int in_w, int in_h, int out_w, int out_h, int32_t *out, Error *err);
 
