@@ -230,7 +230,10 @@ static int horizontal_pass(const uint8_t *in, int in_w, int channels, int row0, 
         if (c->first[x] + c->count[x] > src_last) src_last = c->first[x] + c->count[x];
     }
     int src_cols = src_last - src_first;
-    size_t line = (size_t)rows * channels;  // one transposed column
+    // Rows go through in strips, so the transposed strip stays in cache and
+    // the scratch buffers stay small (no fresh pages per image).
+    enum { STRIP_ROWS = 64 };
+    size_t line = (size_t)STRIP_ROWS * channels;  // one transposed column of a strip
     uint8_t *columns = malloc(line * (size_t)(src_cols > 0 ? src_cols : 1));
     uint8_t *result = malloc(line * (size_t)cols);
     if (columns == NULL || result == NULL) {
@@ -238,15 +241,19 @@ static int horizontal_pass(const uint8_t *in, int in_w, int channels, int row0, 
         free(result);
         return -1;
     }
-    size_t in_stride = (size_t)in_w * channels;
-    transpose_pixels(in + (size_t)row0 * in_stride + (size_t)src_first * channels, in_stride, rows, src_cols,
-                     channels, columns, line);
-    for (int x = 0; x < cols; x++) {
-        int xx = col0 + x;
-        weighted_lines(columns, line, c->first[xx] - src_first, c->count[xx], c->fixed + (size_t)xx * c->ksize, line,
-                       result + (size_t)x * line);
+    size_t in_stride = (size_t)in_w * channels, out_stride = (size_t)cols * channels;
+    for (int strip = 0; strip < rows; strip += STRIP_ROWS) {
+        int strip_rows = rows - strip < STRIP_ROWS ? rows - strip : STRIP_ROWS;
+        size_t strip_line = (size_t)strip_rows * channels;
+        transpose_pixels(in + (size_t)(row0 + strip) * in_stride + (size_t)src_first * channels, in_stride, strip_rows,
+                         src_cols, channels, columns, strip_line);
+        for (int x = 0; x < cols; x++) {
+            int xx = col0 + x;
+            weighted_lines(columns, strip_line, c->first[xx] - src_first, c->count[xx],
+                           c->fixed + (size_t)xx * c->ksize, strip_line, result + (size_t)x * strip_line);
+        }
+        transpose_pixels(result, strip_line, cols, strip_rows, channels, out + (size_t)strip * out_stride, out_stride);
     }
-    transpose_pixels(result, line, cols, rows, channels, out, (size_t)cols * channels);
     free(columns);
     free(result);
     return 0;
