@@ -278,3 +278,23 @@ def test_bad_preprocessor_configs():
         result = run_vlft("preprocess", "--config", path, "--out", os.path.join(folder, "o.safetensors"), img,
                           check=False)
         assert result.returncode == 1 and path in result.stderr, (name, result.returncode, result.stderr)
+
+
+def test_model_folder_config_and_demo_images():
+    """--config takes a model folder (init-tiny writes its preprocessor_config.json);
+    the demo dataset's JPEG and PNG pictures go through exactly."""
+    import json
+    model, data = tempdir(), tempdir()
+    run_vlft("init-tiny", model)
+    run_vlft("demo-data", data, "--n", 6, "--seed", 2)
+    with open(os.path.join(model, "preprocessor_config.json")) as f:
+        config = json.load(f)
+    samples = json.load(open(os.path.join(data, "mllm_demo.json")))
+    paths = [os.path.join(data, rel) for s in samples for rel in s["images"]]
+    out = os.path.join(data, "out.safetensors")
+    run_vlft("preprocess", "--config", model, "--out", out, *paths)
+    got, _ = read_safetensors(out)
+    for i, path in enumerate(paths):
+        _, _, values = full_reference(path, config)
+        assert got[f"pixel_values.{i}"].shape == (3, 112, 112)
+        assert np.abs(got[f"pixel_values.{i}"] - values).max() <= 1e-6, path
