@@ -3,7 +3,7 @@
 # `make debug` builds without optimisation; `make fuzz` runs the fuzz targets.
 
 CC      ?= cc
-PKGS    := yaml-0.1 libcjson libpng libjpeg openblas cairo
+PKGS    := yaml-0.1 libcjson libpng libjpeg libwebpdemux openblas cairo
 CFLAGS_BASE := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -Wno-unused-parameter -Werror=implicit-function-declaration \
                -fopenmp -MMD -MP $(shell pkg-config --cflags $(PKGS))
 LDLIBS  := $(shell pkg-config --libs $(PKGS)) -fopenmp -lm -lpthread

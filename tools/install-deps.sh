@@ -6,6 +6,7 @@ packages=(
     build-essential pkg-config git
     libyaml-dev libcjson-dev          # recipes, JSON configs
     libpng-dev libjpeg62-turbo-dev    # images
+    libwebp-dev                       # WebP images
     libopenblas-dev                   # CPU GEMMs
     libcairo2-dev                     # loss plots
     libcriterion-dev                  # C unit tests

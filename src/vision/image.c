@@ -68,8 +68,10 @@ int image_decode_memory(const uint8_t *data, size_t size, const char *name, Imag
     static const uint8_t png_magic[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
     if (size >= 8 && memcmp(data, png_magic, 8) == 0) return png_decode(data, size, name, out, err);
     if (size >= 3 && data[0] == 0xff && data[1] == 0xd8 && data[2] == 0xff) return jpeg_decode(data, size, name, out, err);
+    if (size >= 12 && memcmp(data, "RIFF", 4) == 0 && memcmp(data + 8, "WEBP", 4) == 0)
+        return webp_decode(data, size, name, out, err);
     if (size == 0) return error_set(err, "%s: empty file, not an image", name);
-    return error_set(err, "%s: unsupported image format (only JPEG and PNG are read)", name);
+    return error_set(err, "%s: unsupported image format (JPEG, PNG and WebP are read)", name);
 }
 
 int image_decode_file(const char *path, Image *out, Error *err) {

@@ -7,7 +7,7 @@
 // 32-bit integers. Matching its bytes means resizing in the same mode first.
 //
 // Formats: JPEG (baseline, progressive, grey, RGB, CMYK/YCCK) via libjpeg-turbo,
-// PNG (every colour type, 1-16 bits, interlaced) via libpng.
+// PNG (every colour type, 1-16 bits, interlaced) via libpng, WebP via libwebp.
 #ifndef VLFT_IMAGE_H
 #define VLFT_IMAGE_H
 
@@ -40,7 +40,7 @@ typedef struct {
 // image above twice this many pixels; so does vlft.
 #define IMAGE_MAX_PIXELS_PILLOW 89478485LL
 
-// Decodes a JPEG or PNG file (format detected from its first bytes) into its
+// Decodes a JPEG, PNG or WebP file (format detected from its first bytes) into its
 // native mode. Errors name the file: missing, truncated, corrupt, zero or
 // absurd size, unknown format.
 int image_decode_file(const char *path, Image *out, Error *err);

@@ -17,4 +17,8 @@ int jpeg_decode(const uint8_t *data, size_t size, const char *name, Image *out, 
 // palette -> P; grey+alpha 8 -> LA, 16 -> RGBA; RGBA 16 -> high bytes.
 int png_decode(const uint8_t *data, size_t size, const char *name, Image *out, Error *err);
 
+// WebP (lossy, lossless, alpha, animated: first frame) via libwebp's
+// animation decoder as Pillow uses it: RGBA when the file has alpha, else RGB.
+int webp_decode(const uint8_t *data, size_t size, const char *name, Image *out, Error *err);
+
 #endif

@@ -298,3 +298,37 @@ def test_model_folder_config_and_demo_images():
         _, _, values = full_reference(path, config)
         assert got[f"pixel_values.{i}"].shape == (3, 112, 112)
         assert np.abs(got[f"pixel_values.{i}"] - values).max() <= 1e-6, path
+
+
+def test_webp_variants_match_pillow():
+    """Lossy, lossless, with and without alpha, and an animation's first frame."""
+    rng = np.random.default_rng(21)
+    folder = tempdir()
+    rgb = Image.fromarray(random_image(rng, 97, 61))
+    rgba = rgb.convert("RGBA")
+    alpha = np.array(rgba)
+    alpha[..., 3] = rng.integers(0, 256, size=alpha.shape[:2])
+    rgba = Image.fromarray(alpha, "RGBA")
+    paths = []
+    for name, image, kwargs in [("lossy", rgb, {"quality": 70}), ("lossless", rgb, {"lossless": True}),
+                                ("lossy_alpha", rgba, {"quality": 80}), ("lossless_alpha", rgba, {"lossless": True})]:
+        path = os.path.join(folder, name + ".webp")
+        image.save(path, **kwargs)
+        paths.append(path)
+    animated = os.path.join(folder, "animated.webp")
+    rgb.save(animated, save_all=True, append_images=[rgb.transpose(Image.FLIP_LEFT_RIGHT)], duration=100)
+    paths.append(animated)
+    with Image.open(paths[2]) as im:
+        assert im.mode == "RGBA"
+    with Image.open(paths[0]) as im:
+        assert im.mode == "RGB"
+    compare_all(folder, clip_config(64, 64), paths)
+    compare_all(folder, clip_config(64, 64), paths, max_pixels=2000)
+    data = open(paths[0], "rb").read()
+    for cut in (12, 40, len(data) // 2, len(data) - 3):
+        path = os.path.join(folder, f"cut{cut}.webp")
+        with open(path, "wb") as f:
+            f.write(data[:cut])
+        result = run_vlft("preprocess", "--config", os.path.join(folder, "preprocessor_config.json"), "--out",
+                          os.path.join(folder, "o.safetensors"), path, check=False)
+        assert result.returncode == 1 and path in result.stderr, (cut, result.stderr)
