@@ -29,6 +29,8 @@ static const Command commands[] = {
     // names starting with '_' are for tests and left out of --help
     {"_train-toy", command_train_toy, "train a toy regression model (tests)"},
     {"model-step", command_model_step, "one forward/backward on a batch file (tests, benchmarks)"},
+    {"preprocess", command_preprocess, "run the image pipeline on files and save each stage"},
+    {"demo-data", command_demo_data, "write a procedurally drawn image dataset (mllm_demo format)"},
 };
 
 static void print_help(FILE *out) {

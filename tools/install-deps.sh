@@ -6,6 +6,7 @@ packages=(
     build-essential pkg-config git
     libyaml-dev libcjson-dev          # recipes, JSON configs
     libpng-dev libjpeg62-turbo-dev    # images
+    libwebp-dev                       # WebP images
     libopenblas-dev                   # CPU GEMMs
     libcairo2-dev libfontconfig-dev   # loss plots (fontconfig: released after drawing)
     libopenmpi-dev openmpi-bin        # multi-process training (mpirun)
