@@ -8,5 +8,6 @@ enum { EXIT_OK = 0, EXIT_BAD_INPUT = 1, EXIT_USAGE = 2 };
 int command_train(int argc, char **argv);
 int command_init_tiny(int argc, char **argv);
 int command_info(int argc, char **argv);
+int command_tokenize(int argc, char **argv);
 
 #endif
