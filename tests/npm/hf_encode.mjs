@@ -19,7 +19,7 @@ for await (const line of rl) {
   if (line.length === 0) continue;
   const text = JSON.parse(line);
   const ids = tokenizer.encode(text, { add_special_tokens: false }).ids;
-  const decoded = tokenizer.decode(ids, { skip_special_tokens: false });
+  const decoded = ids.length ? tokenizer.decode(ids, { skip_special_tokens: false }) : "";
   out.push(ids.join(" ") + "\t" + JSON.stringify(decoded));
 }
 process.stdout.write(out.join("\n") + (out.length ? "\n" : ""));
