@@ -9,5 +9,6 @@ int command_train(int argc, char **argv);
 int command_init_tiny(int argc, char **argv);
 int command_info(int argc, char **argv);
 int command_tokenize(int argc, char **argv);
+int command_data(int argc, char **argv);
 
 #endif
