@@ -4,7 +4,13 @@
 
 CC      ?= cc
 PKGS    := yaml-0.1 libcjson libpng libjpeg openblas cairo
-CFLAGS_BASE := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -Wno-unused-parameter -Werror=implicit-function-declaration \
+# MPI (OpenMPI) for multi-process training when its development files exist.
+MPI_PKG := $(shell pkg-config --exists ompi-c && echo ompi-c)
+ifneq ($(MPI_PKG),)
+PKGS    += $(MPI_PKG)
+MPI_DEF := -DVLFT_MPI
+endif
+CFLAGS_BASE := $(MPI_DEF) -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -Wno-unused-parameter -Werror=implicit-function-declaration \
                -fopenmp -MMD -MP $(shell pkg-config --cflags $(PKGS))
 LDLIBS  := $(shell pkg-config --libs $(PKGS)) -fopenmp -lm -lpthread
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo 0.1.0)
@@ -19,6 +25,8 @@ LIB_SRC  := $(shell find src -name '*.c' ! -name main.c ! -path 'src/kernels/cud
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 TEST_SRC := $(sort $(wildcard tests/unit/*.c))
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
+# Small programs the Python tests drive (one .c each in tests/bin).
+TEST_BINS := $(patsubst tests/bin/%.c,$(BUILD)/tests/bin/%,$(sort $(wildcard tests/bin/*.c)))
 
 .PHONY: all debug asan test test-asan fuzz clean demo
 
@@ -41,14 +49,17 @@ $(BUILD)/vlft: $(BUILD)/src/main.o $(BUILD)/libvlft.a
 $(BUILD)/unit_tests: $(TEST_OBJ) $(BUILD)/libvlft.a
 	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS) -lcriterion
 
+$(BUILD)/tests/bin/%: $(BUILD)/tests/bin/%.o $(BUILD)/libvlft.a
+	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
+
 debug:
 	$(MAKE) BUILD=build-debug OPT="-O0 -g3"
 
 asan:
 	$(MAKE) BUILD=build-asan OPT="-O1 -g" SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
-	    build-asan/vlft build-asan/unit_tests
+	    build-asan/vlft build-asan/unit_tests $(patsubst $(BUILD)/%,build-asan/%,$(TEST_BINS))
 
-test: $(BUILD)/vlft $(BUILD)/unit_tests
+test: $(BUILD)/vlft $(BUILD)/unit_tests $(TEST_BINS)
 	tests/run.sh $(BUILD)
 
 test-asan: asan
@@ -64,4 +75,4 @@ demo: $(BUILD)/vlft
 clean:
 	rm -rf build build-debug build-asan build-fuzz
 
--include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BUILD)/src/main.d
+-include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BUILD)/src/main.d $(TEST_BINS:=.d)

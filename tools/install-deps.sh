@@ -8,10 +8,11 @@ packages=(
     libpng-dev libjpeg62-turbo-dev    # images
     libopenblas-dev                   # CPU GEMMs
     libcairo2-dev                     # loss plots
+    libopenmpi-dev openmpi-bin        # multi-process training (mpirun)
     libcriterion-dev                  # C unit tests
     python3 python3-numpy             # test-time references ...
     python3-torch python3-sentencepiece python3-pil
-    clang libclang-rt-14-dev          # sanitizers and libFuzzer
+    clang libclang-rt-14-dev libomp-14-dev  # sanitizers and libFuzzer
 )
 if [ -n "${VLFT_EXTRA_PACKAGES:-}" ]; then
     # shellcheck disable=SC2206

@@ -1,6 +1,7 @@
 #include "fs.h"
 
 #include <errno.h>
+#include <ftw.h>
 #include <fcntl.h>
 #include <libgen.h>
 #include <stdlib.h>
@@ -143,4 +144,38 @@ int copy_file(const char *src, const char *dst, Error *err) {
     int rc = write_file_atomic(dst, data, size, err);
     free(data);
     return rc;
+}
+
+static int remove_entry(const char *path, const struct stat *st, int type, struct FTW *ftw) {
+    (void)st;
+    (void)type;
+    (void)ftw;
+    return remove(path);
+}
+
+int remove_tree(const char *path, Error *err) {
+    struct stat st;
+    if (lstat(path, &st) != 0) return 0;
+    if (nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS) != 0)
+        return error_set(err, "%s: cannot remove: %s", path, strerror(errno));
+    return 0;
+}
+
+int replace_dir(const char *tmp_dir, const char *dst, Error *err) {
+    char old[4200];
+    snprintf(old, sizeof old, "%s.old.%ld", dst, (long)getpid());
+    int had_old = 0;
+    struct stat st;
+    if (lstat(dst, &st) == 0) {
+        if (rename(dst, old) != 0) return error_set(err, "%s: cannot move aside: %s", dst, strerror(errno));
+        had_old = 1;
+    }
+    if (rename(tmp_dir, dst) != 0) {
+        int saved = errno;
+        if (had_old) rename(old, dst);
+        return error_set(err, "%s: cannot move into place: %s", dst, strerror(saved));
+    }
+    fsync_parent_dir(dst);
+    if (had_old) return remove_tree(old, err);
+    return 0;
 }

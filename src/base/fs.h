@@ -42,4 +42,10 @@ int path_join(char *dst, size_t dst_size, const char *a, const char *b, Error *e
 // Copies a file byte for byte (atomically).
 int copy_file(const char *src, const char *dst, Error *err);
 
+// rm -rf path (no error when it does not exist).
+int remove_tree(const char *path, Error *err);
+// Moves a finished folder into place: dst is replaced whole (an old dst is
+// renamed aside first and removed after), so readers see old or new, never a mix.
+int replace_dir(const char *tmp_dir, const char *dst, Error *err);
+
 #endif

@@ -10,5 +10,7 @@ int command_init_tiny(int argc, char **argv);
 int command_info(int argc, char **argv);
 int command_tokenize(int argc, char **argv);
 int command_data(int argc, char **argv);
+int command_tensors(int argc, char **argv);
+int command_export(int argc, char **argv);
 
 #endif

@@ -61,24 +61,32 @@ typedef struct {
     int index;
 } FillContext;
 
-// Each tensor draws from its own stream (seed, index), so the weights do not
-// depend on shard layout or write order.
+// Each tensor draws from its own streams, one per chunk of CHUNK elements
+// seeded by (seed, tensor index, chunk), so the weights depend neither on the
+// shard layout, the write order nor the number of threads.
+#define CHUNK ((size_t)1 << 20)
+
 static int fill_random(void *ctx, const TensorRef *t, void *dst, Error *err) {
     (void)err;
     const FillContext *f = ctx;
-    Rng rng;
-    rng_seed(&rng, f->seed * 1000003ull + (uint64_t)f->index);
     size_t n = tensor_ref_nbytes(t) / dtype_size(t->dtype);
-    for (size_t i = 0; i < n; i++) {
-        float x;
-        switch (f->entry->init) {
-        case INIT_NORMAL: x = (float)(0.02 * rng_normal(&rng)); break;
-        // Random perturbations of the usual 1 / 0 make the tests see every
-        // norm weight and bias actually used.
-        case INIT_ONE: x = (float)(1.0 + 0.1 * rng_normal(&rng)); break;
-        default: x = (float)(0.02 * rng_normal(&rng)); break;
+    size_t chunks = (n + CHUNK - 1) / CHUNK;
+    #pragma omp parallel for schedule(dynamic)
+    for (size_t c = 0; c < chunks; c++) {
+        Rng rng;
+        rng_seed(&rng, (f->seed * 1000003ull + (uint64_t)f->index) * 1000033ull + c);
+        size_t end = (c + 1) * CHUNK < n ? (c + 1) * CHUNK : n;
+        for (size_t i = c * CHUNK; i < end; i++) {
+            float x;
+            switch (f->entry->init) {
+            case INIT_NORMAL: x = (float)(0.02 * rng_normal(&rng)); break;
+            // Random perturbations of the usual 1 / 0 make the tests see every
+            // norm weight and bias actually used.
+            case INIT_ONE: x = (float)(1.0 + 0.1 * rng_normal(&rng)); break;
+            default: x = (float)(0.02 * rng_normal(&rng)); break;
+            }
+            dtype_convert((char *)dst + i * dtype_size(t->dtype), t->dtype, &x, DTYPE_F32, 1);
         }
-        dtype_convert((char *)dst + i * dtype_size(t->dtype), t->dtype, &x, DTYPE_F32, 1);
     }
     return 0;
 }

@@ -84,6 +84,10 @@ static const RecipeKey recipe_keys[] = {
     KEY(threads, KEY_INT),
     KEY(deepspeed, KEY_STRING),
     KEY(zero_stage, KEY_INT),
+    KEY(export_dir, KEY_STRING),
+    KEY(export_size, KEY_INT),
+    KEY(export_legacy_format, KEY_BOOL),
+    KEY(export_quantization_bit, KEY_INT),
 };
 
 // Keys LLaMA-Factory or transformers accept that change nothing in vlft.
@@ -97,7 +101,7 @@ static const char *const ignored_keys[] = {
     "packing", "neat_packing", "streaming", "buffer_size", "mix_strategy", "interleave_probs", "shift_attn",
     "rope_scaling", "low_cpu_mem_usage", "infer_backend", "vllm_maxlen", "moe_aux_loss_coef", "gradient_checkpointing",
     "freeze_language_model", "ignore_pad_token_for_loss", "predict_with_generate", "do_predict", "log_level",
-    "disable_tqdm", "dataloader_drop_last", "overwrite_output_dir_warning", NULL,
+    "disable_tqdm", "dataloader_drop_last", "export_device", "export_hub_model_id", "infer_dtype", NULL,
 };
 
 static const RecipeKey *find_key(const char *name) {
@@ -151,6 +155,7 @@ void recipe_defaults(Recipe *r) {
     set_string(&r->eval_strategy, "no");
     set_string(&r->device, "auto");
     r->zero_stage = -1;
+    r->export_size = 5;
 }
 
 void recipe_free(Recipe *r) {
@@ -241,6 +246,22 @@ static int store_value(Recipe *r, const RecipeKey *k, const yaml_event_t *e, con
     return 0;
 }
 
+// Consumes the rest of a list or mapping whose start event was just read
+// (the value of an ignored key).
+static int skip_collection(yaml_parser_t *parser, const char *path, int line, Error *err) {
+    int depth = 1;
+    while (depth > 0) {
+        yaml_event_t inner;
+        if (!yaml_parser_parse(parser, &inner)) return error_set(err, "%s:%d: invalid YAML", path, line);
+        if (inner.type == YAML_SEQUENCE_START_EVENT || inner.type == YAML_MAPPING_START_EVENT) depth++;
+        if (inner.type == YAML_SEQUENCE_END_EVENT || inner.type == YAML_MAPPING_END_EVENT) depth--;
+        int ended = inner.type == YAML_STREAM_END_EVENT;
+        yaml_event_delete(&inner);
+        if (ended) return error_set(err, "%s:%d: invalid YAML", path, line);
+    }
+    return 0;
+}
+
 int recipe_parse(Recipe *r, const char *text, size_t length, const char *path, FILE *warn_out, Error *err) {
     recipe_defaults(r);
     yaml_parser_t parser;
@@ -255,8 +276,10 @@ int recipe_parse(Recipe *r, const char *text, size_t length, const char *path, F
     while (!done && rc == 0) {
         yaml_event_t e;
         if (!yaml_parser_parse(&parser, &e)) {
-            rc = error_set(err, "%s:%zu: invalid YAML: %s", path, parser.problem_mark.line + 1,
-                           parser.problem ? parser.problem : "syntax error");
+            // Where a construct began (an unclosed quote, say) helps more than where it broke.
+            size_t error_line = (parser.context ? parser.context_mark.line : parser.problem_mark.line) + 1;
+            rc = error_set(err, "%s:%zu: invalid YAML: %s%s%s", path, error_line, parser.context ? parser.context : "",
+                           parser.context ? ": " : "", parser.problem ? parser.problem : "syntax error");
             break;
         }
         int line = (int)e.start_mark.line + 1;
@@ -269,6 +292,9 @@ int recipe_parse(Recipe *r, const char *text, size_t length, const char *path, F
             if (state == 0 && !seen_mapping) {
                 state = 1;
                 seen_mapping = 1;
+            } else if (state == 2 && skip_value) {
+                rc = skip_collection(&parser, path, line, err);
+                state = 1;
             } else if (state == 2) {
                 rc = error_set(err, "%s:%d: %s: expected %s, got a mapping", path, line, key,
                                current ? type_name(current->type) : "a value");
@@ -280,16 +306,7 @@ int recipe_parse(Recipe *r, const char *text, size_t length, const char *path, F
         case YAML_SEQUENCE_START_EVENT:
             if (state != 2) { rc = error_set(err, "%s:%d: expected a mapping of keys", path, line); break; }
             if (skip_value) {
-                // an ignored key's list value: consume it
-                int depth = 1;
-                while (depth > 0 && rc == 0) {
-                    yaml_event_t inner;
-                    if (!yaml_parser_parse(&parser, &inner)) { rc = error_set(err, "%s:%d: invalid YAML", path, line); break; }
-                    if (inner.type == YAML_SEQUENCE_START_EVENT || inner.type == YAML_MAPPING_START_EVENT) depth++;
-                    if (inner.type == YAML_SEQUENCE_END_EVENT || inner.type == YAML_MAPPING_END_EVENT) depth--;
-                    if (inner.type == YAML_STREAM_END_EVENT) { rc = error_set(err, "%s:%d: invalid YAML", path, line); }
-                    yaml_event_delete(&inner);
-                }
+                rc = skip_collection(&parser, path, line, err);
                 state = 1;
                 break;
             }

@@ -81,6 +81,11 @@ typedef struct {
     int threads;            // 0 = all cores
     char *deepspeed;        // path of a DeepSpeed JSON (ZeRO stage)
     int zero_stage;         // -1 = from deepspeed file or 0
+    // export (llamafactory-cli export)
+    char *export_dir;
+    int export_size;        // GB per shard
+    int export_legacy_format;
+    int export_quantization_bit;
 } Recipe;
 
 // Fills r with the defaults.

@@ -60,7 +60,7 @@ def write_safetensors(path, tensors, metadata=None):
     offset = 0
     blobs = []
     for name, array in tensors.items():
-        array = np.ascontiguousarray(array)
+        array = np.asarray(array, order="C")  # (ascontiguousarray would make a 0-d array 1-d)
         raw = array.tobytes()
         header[name] = {"dtype": names[array.dtype.type], "shape": list(array.shape),
                         "data_offsets": [offset, offset + len(raw)]}
