@@ -134,6 +134,8 @@ void bpe_add_merge(Bpe *bpe, int left, int right, int priority, int merged) {
 }
 
 void bpe_free(Bpe *bpe) {
+    free(bpe->frozen);  // the strings belong to the tokenizer's piece table
+    free(bpe->frozen_lengths);
     str_map_free(&bpe->vocab);
     pair_map_free(&bpe->merges);
     memset(bpe, 0, sizeof *bpe);

@@ -79,7 +79,7 @@ void tokenizer_fill_from_sp(Tokenizer *t, const SpModel *m, int hf_vocab) {
             size_t step = utf8_char_length(p->text + cut, p->length - cut);
             cut += step ? step : 1;
         }
-        qsort(splits, (size_t)n_splits, sizeof *splits, by_left_then_right);
+        if (n_splits > 1) qsort(splits, (size_t)n_splits, sizeof *splits, by_left_then_right);
         for (int k = 0; k < n_splits; k++)
             bpe_add_merge(&t->bpe, splits[k].left, splits[k].right, rank * 64 + (hf_vocab ? (k < 63 ? k : 63) : 0),
                           order[rank].id);
