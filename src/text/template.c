@@ -85,6 +85,7 @@ int template_fix_tokenizer(const ChatTemplate *tpl, Tokenizer *tokenizer, Error 
     if (tokenizer_eos_id(tokenizer) < 0)
         return error_set(err, "template %s: the tokenizer has no EOS token (set eos_token in tokenizer_config.json)",
                          tpl->name);
+    if (tokenizer_pad_id(tokenizer) < 0) tokenizer_set_pad_id(tokenizer, tokenizer_eos_id(tokenizer));
     for (int i = 0; tpl->stop_words[i]; i++) tokenizer_add_special_token(tokenizer, tpl->stop_words[i]);
     return 0;
 }

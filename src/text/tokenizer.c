@@ -395,13 +395,13 @@ static char *decode_hf(const Tokenizer *t, const int *ids, int n) {
             }
             break;
         case DECODE_METASPACE:
+            // Every replacement character becomes a space, except in the
+            // first token, where (unless prepend_scheme is never) all of them
+            // are dropped (tokenizers' Metaspace::decode_chain).
             for (int i = 0; i < list.n; i++) {
                 StrBuf b = {0};
-                replace_all(list.items[i], strlen(list.items[i]), step->from, " ", &b);
-                if (i == 0 && step->prepend_scheme != PREPEND_NEVER && b.length > 0 && b.data[0] == ' ') {
-                    memmove(b.data, b.data + 1, b.length);
-                    b.length--;
-                }
+                int drop = i == 0 && step->prepend_scheme != PREPEND_NEVER;
+                replace_all(list.items[i], strlen(list.items[i]), step->from, drop ? "" : " ", &b);
                 token_list_set(&list, i, &b);
             }
             break;
@@ -472,6 +472,7 @@ int tokenizer_bos_id(const Tokenizer *t) { return t->bos_id; }
 int tokenizer_eos_id(const Tokenizer *t) { return t->eos_id; }
 int tokenizer_pad_id(const Tokenizer *t) { return t->pad_id; }
 int tokenizer_unk_id(const Tokenizer *t) { return t->unk_id; }
+void tokenizer_set_pad_id(Tokenizer *t, int id) { t->pad_id = id; }
 
 int tokenizer_vocab_size(const Tokenizer *t) {
     int size = 0;

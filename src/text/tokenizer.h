@@ -50,6 +50,8 @@ int tokenizer_bos_id(const Tokenizer *t);
 int tokenizer_eos_id(const Tokenizer *t);
 int tokenizer_pad_id(const Tokenizer *t);
 int tokenizer_unk_id(const Tokenizer *t);
+// Sets the pad id (LLaMA-Factory pads with EOS when a tokenizer has no pad).
+void tokenizer_set_pad_id(Tokenizer *t, int id);
 // len(tokenizer): largest id + 1 over the vocabulary and added tokens.
 int tokenizer_vocab_size(const Tokenizer *t);
 // Id of a token string (added tokens first, then the vocabulary), or -1.
