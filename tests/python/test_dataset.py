@@ -130,11 +130,22 @@ def reference_example(messages, system, images, template, tok, cutoff, train_on_
     return input_ids, labels
 
 
+_TINY_MODEL = []
+
+
+def tiny_model():
+    """One tiny model (with its tokenizer files) shared by every test here."""
+    if not _TINY_MODEL:
+        path = os.path.join(tempdir(), "model")
+        run_vlft("init-tiny", path)
+        _TINY_MODEL.append(path)
+    return _TINY_MODEL[0]
+
+
 def make_world(rows, template, fmt="sharegpt", extra_recipe="", columns=None, n_images=4):
     """A tiny model, a dataset folder with images, a recipe; returns paths."""
     root = tempdir()
-    model = os.path.join(root, "model")
-    run_vlft("init-tiny", model)
+    model = tiny_model()
     data = os.path.join(root, "data")
     os.makedirs(os.path.join(data, "imgs"))
     for i in range(n_images):
