@@ -25,6 +25,7 @@ import sentencepiece as spm
 SHAPES = ["circle", "square", "triangle", "star", "diamond"]
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black", "gray"]
 COUNTS = ["one", "two", "three", "four", "five"]
+NUMBER_WORDS = ["Zero", "One", "Two", "Three", "Four", "Five", "Six", "Seven", "Eight"]
 POSITIONS = ["left", "right", "top", "bottom", "center", "middle", "upper", "lower"]
 ENGLISH = [
     "The quick brown fox jumps over the lazy dog.",
@@ -66,13 +67,30 @@ def demo_sentence(rng):
         f"Is there a {shape} in the {rng.choice(POSITIONS)} part of the image? Yes, a {colour} one.",
         f"<image>Describe the image. There are {rng.randint(1, 5)} shapes on a {colour} background.",
     ]
+    # The question / answer shapes of `vlft demo-data` (src/vision/demo_data.c).
+    cap = colour.capitalize()
+    number = rng.choice(NUMBER_WORDS)
+    place = rng.choice(["At the top left.", "At the top.", "At the top right.", "On the left.", "In the center.",
+                        "On the right.", "At the bottom left.", "At the bottom.", "At the bottom right."])
+    templates += [
+        f"<image>What shape is in the picture? A {colour} {shape}.",
+        f"Where is the {shape}? {place}",
+        f"What colour is the background? {cap}.",
+        f"What colour is the {shape}? {cap}.",
+        f"What colour are the {shape}s? {cap}.",
+        f"<image>How many {shape}s are there? {number}.",
+        f"What shapes are in the picture? {number} {colour} {shape}s.",
+        f"<image><image>Which picture has more {shape}s? The {rng.choice(['first', 'second'])} one.",
+        f"How many {shape}s are in the {rng.choice(['first', 'second'])} picture? {number}.",
+        f"How many {shape}s are there in both pictures together? {number}.",
+    ]
     return rng.choice(templates)
 
 
 def corpus_lines(seed):
     rng = random.Random(seed)
     lines = []
-    for _ in range(6000):
+    for _ in range(9000):
         lines.append(demo_sentence(rng))
     for _ in range(40):
         lines.extend(ENGLISH)
