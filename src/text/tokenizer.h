@@ -15,6 +15,12 @@
 // tokenizer_config.json supplies bos/eos/pad/unk tokens and added tokens
 // (added_tokens_decoder); special_tokens_map.json is read when it has them.
 //
+// Added tokens are matched on the raw text, leftmost then longest, with their
+// lstrip / rstrip flags; "normalized": true and "single_word" are not
+// distinguished (LLaMA-style tokenizers write normalized false, single_word
+// false). Normalizers other than Prepend / Replace(String) / Strip, and
+// pre-tokenizers other than Metaspace, are refused with an error naming them.
+//
 // Encoding never adds BOS/EOS (add_special_tokens=False, as LLaMA-Factory
 // encodes every template piece). A Tokenizer holds scratch space: use one
 // per thread.
