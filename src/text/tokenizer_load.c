@@ -248,7 +248,10 @@ int tokenizer_load(Tokenizer **out, const char *dir, int use_fast, Error *err) {
     int add_prefix_space = config_bool(config, "add_prefix_space", 1);
     Tokenizer *t = NULL;
     int has_json = file_exists(json_path), has_model = file_exists(model_path);
-    if (use_fast && has_json) {
+    // LlamaTokenizerFast rebuilds itself from the .model (from_slow) when
+    // tokenizer_config.json sets add_prefix_space.
+    int from_slow = cJSON_IsBool(cJSON_GetObjectItemCaseSensitive(config, "add_prefix_space")) && has_model;
+    if (use_fast && has_json && !from_slow) {
         if (tokenizer_load_json_file(&t, json_path, err)) goto fail;
     } else if (has_model) {
         SpModel m;

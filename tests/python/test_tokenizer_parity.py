@@ -176,6 +176,31 @@ def test_fast_converted_from_model_parity():
     compare("llama_like converted from tokenizer.model vs @huggingface/tokenizers", strings, got, want)
 
 
+def test_add_prefix_space_false_rebuilds_from_the_model():
+    """add_prefix_space in tokenizer_config.json makes LlamaTokenizerFast
+    convert from the .model even beside a tokenizer.json: with False, the
+    converter's normalizer is Replace only (no Prepend) and its decoder has no
+    Strip. The reference is that tokenizer.json, run by the JS library."""
+    tmp, ref = tempdir(), tempdir()
+    for name in ("tokenizer.model", "tokenizer.json"):
+        shutil.copy(os.path.join(DATA, "llama_like", name), tmp)
+    with open(os.path.join(DATA, "llama_like", "tokenizer_config.json")) as f:
+        config = json.load(f)
+    config["add_prefix_space"] = False
+    with open(os.path.join(tmp, "tokenizer_config.json"), "w") as f:
+        json.dump(config, f)
+    with open(os.path.join(DATA, "llama_like", "tokenizer.json")) as f:
+        tok = json.load(f)
+    tok["normalizer"] = {"type": "Sequence", "normalizers": [{"type": "Replace", "pattern": {"String": " "},
+                                                              "content": "\u2581"}]}
+    tok["decoder"]["decoders"] = [d for d in tok["decoder"]["decoders"] if d["type"] != "Strip"]
+    with open(os.path.join(ref, "tokenizer.json"), "w") as f:
+        json.dump(tok, f, ensure_ascii=False)
+    strings = make_strings(2000, specials_for("llama_like"), seed=18)
+    compare("add_prefix_space=false (converted) vs @huggingface/tokenizers", strings,
+            vlft_rows(["--dir", tmp], strings), js_rows(ref, strings))
+
+
 def test_metaspace_pre_tokenizer_parity():
     """Non-legacy style tokenizer.json files: a Metaspace pre-tokenizer (every
     prepend_scheme, split on and off) instead of the Prepend/Replace
