@@ -6,7 +6,8 @@ run, one thread each. Prints MB/s for both and the ratio vlft / sentencepiece.
 
 MODEL_DIR defaults to tests/data/tokenizers/yi_like. vlft is timed in-process
 (`vlft tokenize --bench`, encoding line by line); sentencepiece encodes the
-same lines in one batched call (its C++ loop, no per-line Python overhead).
+same lines in one batched call with num_threads=1 (its C++ loop, no per-line
+Python overhead).
 """
 import os
 import subprocess
@@ -53,7 +54,7 @@ def main():
     best = None
     for _ in range(3):
         start = time.perf_counter()
-        sp.encode(sp_lines)
+        sp.encode(sp_lines, num_threads=1)
         seconds = time.perf_counter() - start
         best = seconds if best is None else min(best, seconds)
     results["python3-sentencepiece"] = best
