@@ -15,6 +15,7 @@ static const char IMAGE_PLACEHOLDER[] = "<image>";
 void dataset_options_from_recipe(DatasetOptions *o, const Recipe *r, const ModelConfig *config) {
     memset(o, 0, sizeof *o);
     o->dataset = r->dataset;
+    o->eval_dataset = r->eval_dataset;
     o->dataset_dir = r->dataset_dir ? r->dataset_dir : "data";
     o->template_name = r->template_name;
     o->cutoff_len = r->cutoff_len;
@@ -239,21 +240,14 @@ static int split(Dataset *d, Sample *all, int n, const DatasetOptions *o, Error 
     return 0;
 }
 
-int dataset_load(Dataset *d, const DatasetOptions *o, Tokenizer *tok, FILE *log, Error *err) {
-    memset(d, 0, sizeof *d);
-    if (!o->dataset || !o->dataset[0]) return error_set(err, "no dataset given (key 'dataset')");
-    const char *template_name = o->template_name ? o->template_name : "empty";
-    const ChatTemplate *tpl = template_find(template_name);
-    if (!tpl) return error_set(err, "template '%s' does not exist (vlft has %s)", template_name, template_names());
-    if (o->train_on_prompt && tpl->efficient_eos)
-        return error_set(err, "template '%s' does not support train_on_prompt", template_name);
-    if (o->cutoff_len < 1) return error_set(err, "cutoff_len must be at least 1");
-    if (template_fix_tokenizer(tpl, tok, err)) return -1;
+// Reads, converts, filters and encodes the datasets named in list.
+static int load_samples(const char *list, const DatasetOptions *o, const ChatTemplate *tpl, Tokenizer *tok,
+                        Sample **out, int *n_out, int *n_rows_out, int *n_dropped_out, Error *err) {
     int n_names;
-    char **names = split_names(o->dataset, &n_names);
+    char **names = split_names(list, &n_names);
     DatasetAttr *attrs = xcalloc((size_t)n_names + 1, sizeof *attrs);
     Conversation *rows = NULL;
-    int n_rows = 0, rc = 0;
+    int n_rows = 0, rc = 0, n_dropped = 0;
     for (int i = 0; i < n_names && rc == 0; i++) {
         rc = dataset_attr_load(&attrs[i], o->dataset_dir, names[i], err);
         if (rc == 0) rc = dataset_read_rows(&attrs[i], o->dataset_dir, o->max_samples, &rows, &n_rows, err);
@@ -263,25 +257,14 @@ int dataset_load(Dataset *d, const DatasetOptions *o, Tokenizer *tok, FILE *log,
     for (int i = 0; i < n_rows && rc == 0; i++) {
         const Conversation *c = &rows[i];
         if (c->n_prompt % 2 != 1 || c->n_response != 1) {
-            d->n_dropped++;
+            n_dropped++;
             continue;
         }
         rc = check_images(c, err);
         if (rc == 0) rc = encode_example(c, tpl, tok, o, &samples[n_samples], err);
         if (rc == 0) n_samples++;
     }
-    d->n_rows = n_rows;
-    if (rc == 0 && d->n_dropped > 0 && log)
-        fprintf(log, "vlft: warning: dropped %d of %d samples as malformed (role order, odd turn count or no answer)\n",
-                d->n_dropped, n_rows);
-    if (rc == 0 && n_samples == 0) rc = error_set(err, "dataset '%s': no valid samples", o->dataset);
-    if (rc == 0) rc = split(d, samples, n_samples, o, err);
-    if (rc) {
-        for (int i = 0; i < n_samples; i++) sample_free(&samples[i]);
-        free(samples);
-        memset(&d->train, 0, sizeof d->train);
-        memset(&d->eval, 0, sizeof d->eval);
-    }
+    if (rc == 0 && n_samples == 0) rc = error_set(err, "dataset '%s': no valid samples", list);
     for (int i = 0; i < n_rows; i++) conversation_free(&rows[i]);
     free(rows);
     for (int i = 0; i < n_names; i++) {
@@ -290,5 +273,47 @@ int dataset_load(Dataset *d, const DatasetOptions *o, Tokenizer *tok, FILE *log,
     }
     free(attrs);
     free(names);
-    return rc;
+    if (rc) {
+        for (int i = 0; i < n_samples; i++) sample_free(&samples[i]);
+        free(samples);
+        return -1;
+    }
+    *out = samples;
+    *n_out = n_samples;
+    *n_rows_out += n_rows;
+    *n_dropped_out += n_dropped;
+    return 0;
+}
+
+int dataset_load(Dataset *d, const DatasetOptions *o, Tokenizer *tok, FILE *log, Error *err) {
+    memset(d, 0, sizeof *d);
+    if (!o->dataset || !o->dataset[0]) return error_set(err, "no dataset given (key 'dataset')");
+    const char *template_name = o->template_name ? o->template_name : "empty";
+    const ChatTemplate *tpl = template_find(template_name);
+    if (!tpl) return error_set(err, "template '%s' does not exist (vlft has %s)", template_name, template_names());
+    if (o->train_on_prompt && tpl->efficient_eos)
+        return error_set(err, "template '%s' does not support train_on_prompt", template_name);
+    if (o->cutoff_len < 1) return error_set(err, "cutoff_len must be at least 1");
+    int has_eval_dataset = o->eval_dataset && o->eval_dataset[0];
+    if (has_eval_dataset && o->val_size > 1e-6) return error_set(err, "val_size cannot be set together with eval_dataset");
+    if (template_fix_tokenizer(tpl, tok, err)) return -1;
+    Sample *samples;
+    int n_samples;
+    if (load_samples(o->dataset, o, tpl, tok, &samples, &n_samples, &d->n_rows, &d->n_dropped, err)) return -1;
+    if (has_eval_dataset &&
+        load_samples(o->eval_dataset, o, tpl, tok, &d->eval.samples, &d->eval.n_samples, &d->n_rows, &d->n_dropped, err)) {
+        for (int i = 0; i < n_samples; i++) sample_free(&samples[i]);
+        free(samples);
+        return -1;
+    }
+    if (d->n_dropped > 0 && log)
+        fprintf(log, "vlft: warning: dropped %d of %d samples as malformed (role order, odd turn count or no answer)\n",
+                d->n_dropped, d->n_rows);
+    if (split(d, samples, n_samples, o, err)) {
+        for (int i = 0; i < n_samples; i++) sample_free(&samples[i]);
+        free(samples);
+        dataset_free(d);
+        return -1;
+    }
+    return 0;
 }

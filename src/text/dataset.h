@@ -10,7 +10,9 @@
 // drop malformed samples (counted, one warning); encode; split val_size off
 // with Hugging Face datasets' train_test_split (numpy default_rng(seed)
 // permutation: eval = its first n_eval indices, train = the rest, in
-// permutation order).
+// permutation order). With eval_dataset, its samples (in file order) are
+// the eval list instead; LLaMA-Factory keeps several eval datasets apart,
+// vlft concatenates them.
 //
 // Image paths are resolved against dataset_dir as LLaMA-Factory does and
 // must exist and be readable: a missing one is an error naming the dataset,
@@ -49,6 +51,7 @@ typedef struct {
 
 typedef struct {
     const char *dataset;        // comma-separated names in dataset_info.json
+    const char *eval_dataset;   // NULL, or names whose samples form the eval list (then val_size must be 0)
     const char *dataset_dir;
     const char *template_name;  // NULL: "empty" (as LLaMA-Factory without a chat template)
     int cutoff_len;

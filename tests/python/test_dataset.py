@@ -327,3 +327,28 @@ def test_sharegpt_without_system_tag_drops_system_turns():
                                                               "tags": tags})
     out = run_vlft("data", "dump", recipe)
     assert len(out.stdout.splitlines()) == 2 and "dropped 1 of 3" in out.stderr
+
+
+def test_eval_dataset_is_the_eval_list():
+    model, data, recipe = make_world(demo_rows(), "llava", extra_recipe="eval_dataset: held_out\n")
+    with open(os.path.join(data, "dataset_info.json")) as f:
+        info = json.load(f)
+    info["held_out"] = dict(info["demo"], file_name="held_out.jsonl")
+    with open(os.path.join(data, "dataset_info.json"), "w") as f:
+        json.dump(info, f)
+    held_out = demo_rows()[::-1]
+    with open(os.path.join(data, "held_out.jsonl"), "w") as f:
+        f.write("\n".join(json.dumps(r, ensure_ascii=False) for r in held_out) + "\n")
+    got = dump(recipe)
+    tok = RefTokenizer(model, [])
+    evals = [s for s in got if s["split"] == "eval"]
+    assert len(evals) == 3 and len(got) == 6
+    for sample, row in zip(evals, held_out):
+        messages, system = row["messages"], ""
+        if messages[0]["role"] == "system":
+            system, messages = messages[0]["content"], messages[1:]
+        assert sample["input_ids"] == reference_example(messages, system, row["images"], "llava", tok, 2048)[0]
+    with open(recipe, "a") as f:
+        f.write("val_size: 0.1\n")
+    out = run_vlft("data", "dump", recipe, check=False)
+    assert out.returncode == 1 and "eval_dataset" in out.stderr, out.stderr
