@@ -3,7 +3,7 @@
 # `make debug` builds without optimisation; `make fuzz` runs the fuzz targets.
 
 CC      ?= cc
-PKGS    := yaml-0.1 libcjson libpng libjpeg openblas cairo
+PKGS    := yaml-0.1 libcjson libpng libjpeg openblas cairo fontconfig
 # MPI (OpenMPI) for multi-process training when its development files exist.
 MPI_PKG := $(shell pkg-config --exists ompi-c && echo ompi-c)
 ifneq ($(MPI_PKG),)

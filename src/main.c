@@ -28,13 +28,15 @@ static const Command commands[] = {
     {"data", command_data, "preview a recipe's encoded training samples ('data preview RECIPE.yaml')"},
     {"tokenize", command_tokenize, "encode JSON-string lines with a model's tokenizer (tests, benchmarks)"},
     {"tensors", command_tensors, "list (or copy) the tensors of a safetensors file or folder"},
+    // names starting with '_' are for tests and left out of --help
+    {"_train-toy", command_train_toy, "train a toy regression model (tests)"},
 };
 
 static void print_help(FILE *out) {
     fprintf(out, "usage: vlft COMMAND [ARGS]\n\nFine-tune LLaVA-format vision-language models (Yi-VL) from "
                  "LLaMA-Factory recipes.\n\ncommands:\n");
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-        fprintf(out, "  %-10s %s\n", commands[i].name, commands[i].summary);
+        if (commands[i].name[0] != '_') fprintf(out, "  %-10s %s\n", commands[i].name, commands[i].summary);
     fprintf(out, "\n'vlft COMMAND --help' describes one command; 'vlft --version' prints the version.\n");
 }
 

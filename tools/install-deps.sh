@@ -7,7 +7,7 @@ packages=(
     libyaml-dev libcjson-dev          # recipes, JSON configs
     libpng-dev libjpeg62-turbo-dev    # images
     libopenblas-dev                   # CPU GEMMs
-    libcairo2-dev                     # loss plots
+    libcairo2-dev libfontconfig-dev   # loss plots (fontconfig: released after drawing)
     libopenmpi-dev openmpi-bin        # multi-process training (mpirun)
     libcriterion-dev                  # C unit tests
     python3 python3-numpy             # test-time references ...

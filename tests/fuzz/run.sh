@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 seconds=${1:-60}
 shift || true
-pkgs="yaml-0.1 libcjson libpng libjpeg openblas cairo"
+pkgs="yaml-0.1 libcjson libpng libjpeg openblas cairo fontconfig"
 flags="-std=c11 -D_GNU_SOURCE -g -O1 -fopenmp -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined $(pkg-config --cflags $pkgs)"
 out=build-fuzz
 mkdir -p "$out/obj"

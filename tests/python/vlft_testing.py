@@ -1,7 +1,9 @@
 """Shared helpers for the Python checks: run the vlft binary, read and write
 safetensors independently of vlft (struct + json + numpy), temp folders."""
+import atexit
 import json
 import os
+import shutil
 import struct
 import subprocess
 import tempfile
@@ -23,8 +25,20 @@ def run_vlft(*args, check=True, **kwargs):
     return result
 
 
+_temp_dirs = []
+
+
 def tempdir():
-    return tempfile.mkdtemp(prefix="vlft-test-")
+    """A fresh folder, removed when the test process exits."""
+    path = tempfile.mkdtemp(prefix="vlft-test-")
+    _temp_dirs.append(path)
+    return path
+
+
+@atexit.register
+def _remove_temp_dirs():
+    for path in _temp_dirs:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def bf16_to_f32(raw_u16):

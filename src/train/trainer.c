@@ -1,0 +1,378 @@
+// trainer.c - the training loop; see trainer.h for what it owns and why.
+#include "trainer.h"
+
+#include <math.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../base/fs.h"
+#include "data_order.h"
+#include "trainer_internal.h"
+
+// Set by the SIGINT handler, read by the loop. A signal handler cannot be
+// given a context pointer, so this one flag has to live at file scope.
+static volatile sig_atomic_t interrupt_requested;
+
+static void on_sigint(int signo) {
+    (void)signo;
+    interrupt_requested = 1;
+    signal(SIGINT, SIG_DFL);  // a second Ctrl-C stops at once (every file write is atomic)
+}
+
+// ---------------------------------------------------------------- options
+
+int trainer_options_from_recipe(TrainerOptions *opt, const Recipe *r, Error *err) {
+    memset(opt, 0, sizeof *opt);
+    opt->output_dir = r->output_dir;
+    opt->overwrite_output_dir = r->overwrite_output_dir;
+    opt->resume_from_checkpoint = r->resume_from_checkpoint;
+    opt->batch_size = r->per_device_train_batch_size;
+    opt->eval_batch_size = r->per_device_eval_batch_size;
+    opt->grad_accum = r->gradient_accumulation_steps;
+    opt->learning_rate = r->learning_rate;
+    opt->num_train_epochs = r->num_train_epochs;
+    opt->max_steps = r->max_steps;
+    if (schedule_kind_from_name(r->lr_scheduler_type, &opt->schedule, err) != 0) return -1;
+    opt->warmup_ratio = r->warmup_ratio;
+    opt->warmup_steps = r->warmup_steps;
+    opt->adam_beta1 = r->adam_beta1;
+    opt->adam_beta2 = r->adam_beta2;
+    opt->adam_epsilon = r->adam_epsilon;
+    opt->weight_decay = r->weight_decay;
+    opt->max_grad_norm = r->max_grad_norm;
+    opt->seed = r->seed;
+    opt->logging_steps = r->logging_steps;
+    opt->save_steps = r->save_steps;
+    opt->save_total_limit = r->save_total_limit;
+    opt->eval_strategy = EVAL_NO;
+    if (r->eval_strategy && strcmp(r->eval_strategy, "steps") == 0) opt->eval_strategy = EVAL_STEPS;
+    if (r->eval_strategy && strcmp(r->eval_strategy, "epoch") == 0) opt->eval_strategy = EVAL_EPOCH;
+    opt->eval_steps = r->eval_steps;
+    opt->plot_loss = r->plot_loss;
+    opt->progress = 1;
+    if (opt->output_dir == NULL) return error_set(err, "output_dir is required");
+    return 0;
+}
+
+int trainer_split_ids(int n, double val_size, int seed, int **train_ids, int *n_train, int **eval_ids, int *n_eval,
+                      Error *err) {
+    *train_ids = *eval_ids = NULL;
+    *n_train = *n_eval = 0;
+    if (n < 1) return error_set(err, "dataset is empty");
+    int n_test = 0;
+    if (val_size > 0) n_test = val_size < 1 ? (int)ceil(val_size * n) : (int)val_size;
+    if (seed < 0) return error_set(err, "seed must not be negative (got %d)", seed);
+    if (n_test >= n)
+        return error_set(err, "val_size %g leaves no training samples out of %d", val_size, n);
+    int *perm = malloc((size_t)n * sizeof *perm);
+    int *train = malloc((size_t)(n - n_test) * sizeof *train);
+    int *test = malloc((size_t)(n_test > 0 ? n_test : 1) * sizeof *test);
+    if (!perm || !train || !test) {
+        free(perm);
+        free(train);
+        free(test);
+        return error_set(err, "out of memory splitting %d samples", n);
+    }
+    // datasets' train_test_split: numpy.random.default_rng(seed).permutation(n),
+    // test = the first n_test, train = the rest
+    if (n_test > 0) split_permutation_numpy(perm, n, (uint64_t)seed);
+    else
+        for (int i = 0; i < n; i++) perm[i] = i;
+    memcpy(test, perm, (size_t)n_test * sizeof *test);
+    memcpy(train, perm + n_test, (size_t)(n - n_test) * sizeof *train);
+    free(perm);
+    *train_ids = train;
+    *n_train = n - n_test;
+    *eval_ids = test;
+    *n_eval = n_test;
+    return 0;
+}
+
+// ---------------------------------------------------------------- data order
+
+// The permutation of epoch e, as transformers' sampler draws it:
+// torch.randperm(n) from a generator seeded with seed + e. Any epoch's order
+// can be rebuilt on resume without replaying the earlier ones.
+static void epoch_order(int *order, int n, int seed, int epoch) {
+    torch_randperm(order, n, (uint64_t)((int64_t)seed + epoch));
+}
+
+// ---------------------------------------------------------------- progress
+
+static void progress_update(Trainer *t, double loss, double lr, int final) {
+    if (!t->opt->progress) return;
+    double elapsed = train_now_seconds() - t->start_time;
+    int done = t->now.global_step - t->start_step;
+    double samples = (double)done * t->plan.batch_size * t->plan.grad_accum;
+    double eta = done > 0 ? elapsed / done * (t->plan.max_steps - t->now.global_step) : 0;
+    char eta_text[64];
+    format_timedelta(eta, eta_text, sizeof eta_text);
+    if (t->tty) {
+        char bar[21];
+        int filled = (int)(20.0 * t->now.global_step / t->plan.max_steps);
+        for (int i = 0; i < 20; i++) bar[i] = i < filled ? '#' : '.';
+        bar[20] = '\0';
+        // \033[K clears what a longer previous line left behind
+        fprintf(stderr, "\r[%s] %d/%d loss %.4f lr %.3e %.2f samples/s ETA %s\033[K", bar, t->now.global_step,
+                t->plan.max_steps, loss, lr, elapsed > 0 ? samples / elapsed : 0.0, eta_text);
+        if (final) fputc('\n', stderr);
+        fflush(stderr);
+    } else if (t->now.global_step % t->opt->logging_steps == 0 || final) {
+        fprintf(stderr, "step %d/%d loss %.4f lr %.3e epoch %.2f %.2f samples/s ETA %s\n", t->now.global_step,
+                t->plan.max_steps, loss, lr, t->now.epoch_progress, elapsed > 0 ? samples / elapsed : 0.0, eta_text);
+    }
+}
+
+// Between updates on a terminal: which micro-batch of the accumulation is
+// done, so a slow step (a 6B model on CPU) visibly progresses.
+static void progress_micro(Trainer *t, int done_in_accumulation) {
+    if (!t->opt->progress || !t->tty) return;
+    fprintf(stderr, "\r%d/%d: micro-batch %d/%d done\033[K", t->now.global_step + 1, t->plan.max_steps,
+            done_in_accumulation, t->plan.grad_accum);
+    fflush(stderr);
+}
+
+// ---------------------------------------------------------------- eval
+
+static int evaluate(Trainer *t, Error *err) {
+    TrainModel *m = t->model;
+    int bs = t->opt->eval_batch_size > 0 ? t->opt->eval_batch_size : 1;
+    double start = train_now_seconds(), weighted = 0;
+    int n_batches = 0;
+    for (int at = 0; at < t->n_eval; at += bs) {
+        int n = t->n_eval - at < bs ? t->n_eval - at : bs;
+        double loss;
+        if (m->eval_loss(m->ctx, t->eval_ids + at, n, &loss, err) != 0) return -1;
+        weighted += loss * n;  // transformers repeats each batch's loss per sample
+        n_batches++;
+    }
+    double runtime = train_now_seconds() - start;
+    if (runtime <= 0) runtime = 1e-9;
+    LogEntry e = {.kind = LOG_EVAL, .step = t->now.global_step, .epoch = t->now.epoch_progress};
+    e.eval_loss = weighted / t->n_eval;
+    e.eval_runtime = train_round_to(runtime, 4);
+    e.eval_samples_ps = train_round_to(t->n_eval / runtime, 3);
+    e.eval_steps_ps = train_round_to(n_batches / runtime, 3);
+    if (train_log_push(t, &e, err) != 0) return -1;
+    if (t->opt->progress) fprintf(stderr, "%seval_loss %.4f at step %d\n", t->tty ? "\n" : "", e.eval_loss, e.step);
+    return 0;
+}
+
+// ---------------------------------------------------------------- the loop
+
+static int one_update(Trainer *t, double update_loss, Error *err, int *stop) {
+    const TrainerOptions *o = t->opt;
+    TrainModel *m = t->model;
+    Position *now = &t->now;
+    double grad_norm = clip_grad_norm(m->params, m->n_params, o->max_grad_norm);
+    double lr = o->learning_rate * schedule_lambda(t->plan.kind, now->global_step, t->plan.warmup_steps, t->plan.max_steps);
+    adamw_step(&t->adamw, m->params, m->n_params, lr);
+    m->zero_grad(m->ctx);
+    now->global_step++;
+    // transformers logs the scheduler's learning rate after its step: the next update's
+    double next_lr = o->learning_rate * schedule_lambda(t->plan.kind, now->global_step, t->plan.warmup_steps, t->plan.max_steps);
+    if (o->on_update) {
+        TrainUpdate u = {.step = now->global_step, .loss = update_loss, .lr = lr, .grad_norm = grad_norm,
+                         .epoch = now->epoch_progress};
+        o->on_update(o->user, &u);
+    }
+    if (m->rng) memcpy(now->rng_state, m->rng->state, sizeof now->rng_state);
+    *stop = now->global_step >= t->plan.max_steps;
+    if (now->global_step % o->logging_steps == 0) {
+        LogEntry e = {.kind = LOG_TRAIN, .step = now->global_step, .epoch = now->epoch_progress};
+        e.loss = train_round_to(now->loss_since_log / (now->global_step - now->last_logged_step), 4);
+        e.grad_norm = grad_norm;
+        e.has_grad_norm = o->max_grad_norm > 0;
+        e.learning_rate = next_lr;
+        now->loss_since_log = 0;
+        now->last_logged_step = now->global_step;
+        if (train_log_push(t, &e, err) != 0 || train_log_line(t, &e, err) != 0) return -1;
+    }
+    int eval_every = o->eval_steps > 0 ? o->eval_steps : o->logging_steps;
+    if (o->eval_strategy == EVAL_STEPS && t->n_eval > 0 && m->eval_loss && now->global_step % eval_every == 0) {
+        if (evaluate(t, err) != 0 || train_log_line(t, &t->log[t->n_log - 1], err) != 0) return -1;
+    }
+    t->boundary = *now;
+    progress_update(t, update_loss, next_lr, *stop);
+    if (now->global_step % o->save_steps == 0 || *stop) return checkpoint_save(t, *stop, err);
+    return 0;
+}
+
+static int train_loop(Trainer *t, int *interrupted, Error *err) {
+    const TrainerOptions *o = t->opt;
+    TrainModel *m = t->model;
+    const TrainPlan *plan = &t->plan;
+    int stop = t->now.global_step >= plan->max_steps;
+    double update_loss = 0;
+    int batches_run = schedule_micro_batches_run(plan);
+    for (int epoch = t->now.epoch; epoch < plan->num_epochs && !stop; epoch++) {
+        epoch_order(t->order, t->n_train, o->seed, epoch);
+        int first = epoch == t->now.epoch ? t->now.micro : 0;
+        t->now.epoch = epoch;
+        for (int b = first; b < batches_run && !stop; b++) {
+            int begin = b * plan->batch_size;
+            int n = t->n_train - begin < plan->batch_size ? t->n_train - begin : plan->batch_size;
+            for (int i = 0; i < n; i++) t->batch_ids[i] = t->train_ids[t->order[begin + i]];
+            double loss;
+            if (m->forward_backward(m->ctx, t->batch_ids, n, 1.0f / (float)plan->grad_accum, &loss, err) != 0) return -1;
+            double step_loss = loss / plan->grad_accum;
+            if (isnan(step_loss) || isinf(step_loss))  // transformers' logging_nan_inf_filter
+                step_loss = t->now.loss_since_log / (1 + t->now.global_step - t->now.last_logged_step);
+            t->now.loss_since_log += step_loss;
+            t->now.total_loss += step_loss;
+            update_loss += step_loss;
+            int sync = (b + 1) % plan->grad_accum == 0 || b + 1 == plan->batches_per_epoch;
+            if (sync) {
+                t->now.micro = b + 1;
+                t->now.epoch_progress = epoch + (double)(b + 1) / plan->batches_per_epoch;
+                if (t->now.micro >= batches_run) {  // the next micro-batch starts a new epoch
+                    t->now.epoch = epoch + 1;
+                    t->now.micro = 0;
+                }
+                if (one_update(t, update_loss, err, &stop) != 0) return -1;
+                update_loss = 0;
+            } else {
+                progress_micro(t, b % plan->grad_accum + 1);
+            }
+            if (interrupt_requested) {
+                *interrupted = 1;
+                return 0;
+            }
+        }
+        if (!stop && o->eval_strategy == EVAL_EPOCH && t->n_eval > 0 && m->eval_loss) {
+            // (the position stays at the last update: micro-batches run after it
+            // may still be waiting for the next epoch's first update)
+            if (evaluate(t, err) != 0 || train_log_line(t, &t->log[t->n_log - 1], err) != 0) return -1;
+        }
+    }
+    return 0;
+}
+
+static void trainer_free(Trainer *t) {
+    adamw_free(&t->adamw);
+    free(t->log);
+    for (int i = 0; i < t->n_jsonl; i++) free(t->jsonl[i]);
+    free(t->jsonl);
+    free(t->order);
+    free(t->batch_ids);
+}
+
+static int finish(Trainer *t, double train_start, Error *err) {
+    const TrainerOptions *o = t->opt;
+    double runtime = train_now_seconds() - train_start;
+    if (runtime <= 0) runtime = 1e-9;
+    LogEntry final = {.kind = LOG_FINAL, .step = t->now.global_step, .epoch = t->now.epoch_progress};
+    final.train_loss = t->now.total_loss / (t->now.global_step > 0 ? t->now.global_step : 0.001);
+    final.train_runtime = train_round_to(runtime, 4);
+    final.train_samples_ps = train_round_to(t->plan.num_train_samples / runtime, 3);
+    final.train_steps_ps = train_round_to(t->plan.max_steps / runtime, 3);
+    if (train_log_push(t, &final, err) != 0 || train_log_line(t, &final, err) != 0) return -1;
+    if (t->model->save_weights(t->model->ctx, o->output_dir, err) != 0) return -1;
+    Metric train[5] = {{"epoch", final.epoch},
+                       {"train_loss", final.train_loss},
+                       {"train_runtime", final.train_runtime},
+                       {"train_samples_per_second", final.train_samples_ps},
+                       {"train_steps_per_second", final.train_steps_ps}};
+    Metric all[10];
+    memcpy(all, train, sizeof train);
+    if (train_write_metrics(o->output_dir, "train_results.json", train, 5, err) != 0) return -1;
+    if (train_write_metrics(o->output_dir, "all_results.json", all, 5, err) != 0) return -1;
+    t->boundary = t->now;
+    if (train_write_state(t, o->output_dir, 1, err) != 0) return -1;
+    if (o->plot_loss) {
+        if (train_plot_metric(t, LOG_TRAIN, "loss", err) != 0) return -1;
+        if (train_plot_metric(t, LOG_EVAL, "eval_loss", err) != 0) return -1;
+    }
+    if (t->n_eval > 0 && t->model->eval_loss) {
+        if (evaluate(t, err) != 0) return -1;
+        const LogEntry *e = &t->log[t->n_log - 1];
+        Metric eval[5] = {{"epoch", e->epoch},
+                          {"eval_loss", e->eval_loss},
+                          {"eval_runtime", e->eval_runtime},
+                          {"eval_samples_per_second", e->eval_samples_ps},
+                          {"eval_steps_per_second", e->eval_steps_ps}};
+        memcpy(all + 5, eval + 1, 4 * sizeof *eval);  // "epoch" once
+        if (train_write_metrics(o->output_dir, "eval_results.json", eval, 5, err) != 0) return -1;
+        if (train_write_metrics(o->output_dir, "all_results.json", all, 9, err) != 0) return -1;
+    }
+    return 0;
+}
+
+int trainer_run(const TrainerOptions *opt, TrainModel *model, const int *train_ids, int n_train, const int *eval_ids,
+                int n_eval, Error *err) {
+    char resume_dir[4096];
+    if (trainer_check_output_dir(opt, resume_dir, sizeof resume_dir, err) != 0) return -1;
+    if (opt->logging_steps < 1 || opt->save_steps < 1)
+        return error_set(err, "%s: logging_steps and save_steps must be at least 1", opt->output_dir);
+    Trainer t;
+    memset(&t, 0, sizeof t);
+    t.opt = opt;
+    t.model = model;
+    t.train_ids = train_ids;
+    t.n_train = n_train;
+    t.eval_ids = eval_ids;
+    t.n_eval = eval_ids ? n_eval : 0;
+    t.tty = isatty(STDERR_FILENO);
+    if (schedule_plan(&t.plan, n_train, opt->batch_size, opt->grad_accum, opt->num_train_epochs, opt->max_steps,
+                      opt->warmup_ratio, opt->warmup_steps, opt->schedule, opt->output_dir, err) != 0)
+        return -1;
+    for (int i = 0; i < n_train; i++)
+        if (train_ids[i] < 0) return error_set(err, "%s: negative sample id %d", opt->output_dir, train_ids[i]);
+    t.order = malloc((size_t)n_train * sizeof *t.order);
+    t.batch_ids = malloc((size_t)opt->batch_size * sizeof *t.batch_ids);
+    if (!t.order || !t.batch_ids ||
+        adamw_init(&t.adamw, model->params, model->n_params, opt->adam_beta1, opt->adam_beta2, opt->adam_epsilon,
+                   opt->weight_decay, err) != 0) {
+        trainer_free(&t);
+        return error_set(err, "%s: out of memory for the trainer", opt->output_dir);
+    }
+    int rc = 0;
+    if (make_dirs(opt->output_dir, err) != 0) rc = -1;
+    if (rc == 0 && resume_dir[0] == '\0' && opt->overwrite_output_dir) rc = checkpoint_clear_previous_run(opt->output_dir, err);
+    if (rc == 0) checkpoint_remove_stale_temps(opt->output_dir);
+    model->zero_grad(model->ctx);
+    if (rc == 0 && resume_dir[0] != '\0') {
+        rc = checkpoint_load(&t, resume_dir, err);
+        if (rc != 0) error_prefix(err, "resuming");
+        else if (opt->progress) fprintf(stderr, "resuming from %s (step %d of %d)\n", resume_dir, t.now.global_step, t.plan.max_steps);
+    } else if (model->rng) {
+        memcpy(t.now.rng_state, model->rng->state, sizeof t.now.rng_state);
+        t.boundary = t.now;
+    }
+    if (rc != 0) {
+        trainer_free(&t);
+        return -1;
+    }
+    if (opt->progress)
+        fprintf(stderr, "training: %d samples, %d micro-batches of %d per epoch, accumulation %d, %d steps (%d warmup), %d epoch%s\n",
+                n_train, t.plan.batches_per_epoch, opt->batch_size, opt->grad_accum, t.plan.max_steps,
+                t.plan.warmup_steps, t.plan.num_epochs, t.plan.num_epochs == 1 ? "" : "s");
+    struct sigaction action, previous;
+    memset(&action, 0, sizeof action);
+    action.sa_handler = on_sigint;
+    sigemptyset(&action.sa_mask);
+    interrupt_requested = 0;
+    sigaction(SIGINT, &action, &previous);
+    t.start_time = train_now_seconds();
+    t.start_step = t.now.global_step;
+    int interrupted = 0;
+    rc = train_loop(&t, &interrupted, err);
+    if (rc == 0 && interrupted) {
+        // the state of the last completed update, unless that is saved already
+        if (t.last_saved_step != t.boundary.global_step || t.boundary.global_step == 0) rc = checkpoint_save(&t, 0, err);
+        if (rc == 0) {
+            if (t.tty && opt->progress) fputc('\n', stderr);
+            fprintf(stderr, "interrupted: saved %s/checkpoint-%d; set resume_from_checkpoint: true to continue\n",
+                    opt->output_dir, t.boundary.global_step);
+            rc = TRAIN_INTERRUPTED;
+        }
+    } else if (rc == 0) {
+        rc = finish(&t, t.start_time, err);
+    }
+    sigaction(SIGINT, &previous, NULL);
+    trainer_free(&t);
+    return rc;
+}
