@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "dataset_source.h"
-#include "numpy_permutation.h"
+#include "../train/trainer.h"
 #include "str_buf.h"
 #include "template.h"
 
@@ -211,31 +211,25 @@ static char **split_names(const char *list, int *n) {
     return names;
 }
 
-// Hugging Face datasets' train_test_split(test_size=val_size, seed=seed).
+// Hugging Face datasets' train_test_split(test_size=val_size, seed=seed),
+// through the trainer's implementation of it (numpy's default_rng
+// permutation): eval = the first n_eval of the permutation, train = the rest.
 static int split(Dataset *d, Sample *all, int n, const DatasetOptions *o, Error *err) {
     if (o->val_size <= 1e-6) {
         d->train.samples = all;
         d->train.n_samples = n;
         return 0;
     }
-    long n_test;
-    if (o->val_size > 1) {
-        n_test = (long)o->val_size;
-        if (n_test >= n) return error_set(err, "val_size %g is not smaller than the %d samples", o->val_size, n);
-    } else {
-        if (o->val_size >= 1) return error_set(err, "val_size must be below 1 as a fraction (got %g)", o->val_size);
-        n_test = (long)ceil(o->val_size * n);
-    }
-    long n_train = n - n_test;
-    if (n_train <= 0)
-        return error_set(err, "val_size %g of %d samples leaves the training set empty", o->val_size, n);
-    int64_t *perm = xmalloc((size_t)n * sizeof *perm);
-    numpy_permutation((uint64_t)o->seed, n, perm);
-    d->eval.samples = xcalloc((size_t)n_test, sizeof(Sample));
-    d->train.samples = xcalloc((size_t)n_train, sizeof(Sample));
-    for (long i = 0; i < n_test; i++) d->eval.samples[d->eval.n_samples++] = all[perm[i]];
-    for (long i = n_test; i < n; i++) d->train.samples[d->train.n_samples++] = all[perm[i]];
-    free(perm);
+    if (o->val_size == 1.0)  // LLaMA-Factory passes 1.0 on as a fraction, which datasets refuses
+        return error_set(err, "val_size 1 is neither a fraction below 1 nor a sample count above 1");
+    int *train_ids, *eval_ids, n_train, n_eval;
+    if (trainer_split_ids(n, o->val_size, o->seed, &train_ids, &n_train, &eval_ids, &n_eval, err)) return -1;
+    d->eval.samples = xcalloc((size_t)n_eval + 1, sizeof(Sample));
+    d->train.samples = xcalloc((size_t)n_train + 1, sizeof(Sample));
+    for (int i = 0; i < n_eval; i++) d->eval.samples[d->eval.n_samples++] = all[eval_ids[i]];
+    for (int i = 0; i < n_train; i++) d->train.samples[d->train.n_samples++] = all[train_ids[i]];
+    free(train_ids);
+    free(eval_ids);
     free(all);
     return 0;
 }

@@ -42,6 +42,9 @@ typedef struct {
     int n_samples;
 } SampleList;
 
+// The trainer takes these lists as they are: train id i is
+// train.samples[i] (already split as trainer_split_ids would), eval id i is
+// eval.samples[i].
 typedef struct {
     SampleList train;
     SampleList eval;
