@@ -302,9 +302,12 @@ int tokenizer_load(Tokenizer **out, const char *dir, int use_fast, Error *err) {
             *ids[k] = -1;
             continue;
         }
+        // A token the config names is added when the vocabulary lacks it (as
+        // transformers does); a default name only when it is there.
+        int named = name != NULL;
         if (!name && *ids[k] >= 0) name = tokenizer_id_to_token(t, *ids[k]);
         if (!name) name = defaults[k];
-        if (!name || tokenizer_token_to_id(t, name) < 0) {
+        if (!name || (!named && tokenizer_token_to_id(t, name) < 0)) {
             *ids[k] = -1;
             continue;
         }
