@@ -30,6 +30,7 @@ static const Command commands[] = {
     {"tensors", command_tensors, "list (or copy) the tensors of a safetensors file or folder"},
     // names starting with '_' are for tests and left out of --help
     {"_train-toy", command_train_toy, "train a toy regression model (tests)"},
+    {"model-step", command_model_step, "one forward/backward on a batch file (tests, benchmarks)"},
 };
 
 static void print_help(FILE *out) {

@@ -1,0 +1,173 @@
+// CPU kernels: activations, the SwiGLU gate, embedding gathers, row moves and
+// the vision embedding assembly.
+#include <math.h>
+#include <string.h>
+
+#include "../kernels.h"
+
+int activation_from_name(const char *name, Activation *out) {
+    if (strcmp(name, "gelu") == 0) *out = ACT_GELU;
+    else if (strcmp(name, "quick_gelu") == 0) *out = ACT_QUICK_GELU;
+    else if (strcmp(name, "silu") == 0 || strcmp(name, "swish") == 0) *out = ACT_SILU;
+    else if (strcmp(name, "gelu_pytorch_tanh") == 0 || strcmp(name, "gelu_new") == 0) *out = ACT_GELU_TANH;
+    else if (strcmp(name, "relu") == 0) *out = ACT_RELU;
+    else return -1;
+    return 0;
+}
+
+static inline float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+static inline float act_value(float x, Activation act) {
+    switch (act) {
+    case ACT_GELU: return 0.5f * x * (1.0f + erff(x * (float)M_SQRT1_2));
+    case ACT_QUICK_GELU: return x * sigmoidf(1.702f * x);
+    case ACT_SILU: return x * sigmoidf(x);
+    case ACT_GELU_TANH: {
+        float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
+        return 0.5f * x * (1.0f + tanhf(u));
+    }
+    case ACT_RELU: return x > 0 ? x : 0.0f;
+    }
+    return x;
+}
+
+static inline float act_derivative(float x, Activation act) {
+    switch (act) {
+    case ACT_GELU: {
+        float cdf = 0.5f * (1.0f + erff(x * (float)M_SQRT1_2));
+        float pdf = expf(-0.5f * x * x) * 0.3989422804014327f;
+        return cdf + x * pdf;
+    }
+    case ACT_QUICK_GELU: {
+        float s = sigmoidf(1.702f * x);
+        return s + 1.702f * x * s * (1.0f - s);
+    }
+    case ACT_SILU: {
+        float s = sigmoidf(x);
+        return s * (1.0f + x * (1.0f - s));
+    }
+    case ACT_GELU_TANH: {
+        float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
+        float t = tanhf(u);
+        float du = 0.7978845608028654f * (1.0f + 3.0f * 0.044715f * x * x);
+        return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du;
+    }
+    case ACT_RELU: return x > 0 ? 1.0f : 0.0f;
+    }
+    return 1.0f;
+}
+
+void activation_forward(float *y, const float *x, size_t n, Activation act) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) y[i] = act_value(x[i], act);
+}
+
+void activation_backward(float *dx, const float *dy, const float *x, size_t n, Activation act) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) dx[i] = dy[i] * act_derivative(x[i], act);
+}
+
+void swiglu_forward(float *h, const float *gate, const float *up, size_t n) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) h[i] = gate[i] * sigmoidf(gate[i]) * up[i];
+}
+
+void swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate, const float *up, size_t n) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        float s = sigmoidf(gate[i]);
+        float silu = gate[i] * s;
+        dup[i] = dh[i] * silu;
+        dgate[i] = dh[i] * up[i] * s * (1.0f + gate[i] * (1.0f - s));
+    }
+}
+
+void embedding_forward(float *out, const float *table, const int32_t *ids, const uint8_t *skip, int N, int C) {
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < N; i++)
+        if (!skip || !skip[i]) memcpy(out + (size_t)i * C, table + (size_t)ids[i] * C, sizeof(float) * (size_t)C);
+}
+
+void embedding_backward(float *dtable, const float *dout, const int32_t *ids, const uint8_t *skip, int N, int C) {
+    // Serial over rows: two rows may hit the same id.
+    for (int i = 0; i < N; i++) {
+        if (skip && skip[i]) continue;
+        float *dst = dtable + (size_t)ids[i] * C;
+        const float *src = dout + (size_t)i * C;
+        for (int c = 0; c < C; c++) dst[c] += src[c];
+    }
+}
+
+void rows_scatter(float *dst, const int32_t *index, const float *src, int n, int C) {
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < n; i++) memcpy(dst + (size_t)index[i] * C, src + (size_t)i * C, sizeof(float) * (size_t)C);
+}
+
+void rows_gather(float *dst, const float *src, const int32_t *index, int n, int C) {
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < n; i++) memcpy(dst + (size_t)i * C, src + (size_t)index[i] * C, sizeof(float) * (size_t)C);
+}
+
+void patches_from_pixels(float *patches, const float *pixels, int n, int channels, int S, int p) {
+    int G = S / p, K = channels * p * p;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int img = 0; img < n; img++) {
+        for (int cell = 0; cell < G * G; cell++) {
+            int gy = cell / G, gx = cell % G;
+            float *dst = patches + ((size_t)img * G * G + cell) * K;
+            for (int c = 0; c < channels; c++)
+                for (int y = 0; y < p; y++)
+                    memcpy(dst + ((size_t)c * p + y) * p,
+                           pixels + (((size_t)img * channels + c) * S + (size_t)gy * p + y) * S + (size_t)gx * p,
+                           sizeof(float) * (size_t)p);
+        }
+    }
+}
+
+void vision_embed_forward(float *out, const float *patch_embeds, const float *class_embedding, const float *pos, int n,
+                          int P, int C) {
+    int T = P + 1;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int img = 0; img < n; img++) {
+        for (int t = 0; t < T; t++) {
+            float *dst = out + ((size_t)img * T + t) * C;
+            const float *src = t == 0 ? class_embedding : patch_embeds + ((size_t)img * P + t - 1) * C;
+            const float *pr = pos + (size_t)t * C;
+            for (int c = 0; c < C; c++) dst[c] = src[c] + pr[c];
+        }
+    }
+}
+
+void vision_embed_backward(float *dpatch, float *dclass, float *dpos, const float *dout, int n, int P, int C) {
+    int T = P + 1;
+    if (dpatch) {
+#pragma omp parallel for collapse(2) schedule(static)
+        for (int img = 0; img < n; img++)
+            for (int t = 1; t < T; t++)
+                memcpy(dpatch + ((size_t)img * P + t - 1) * C, dout + ((size_t)img * T + t) * C,
+                       sizeof(float) * (size_t)C);
+    }
+    if (dpos || dclass) {
+#pragma omp parallel for schedule(static)
+        for (int c = 0; c < C; c++) {
+            for (int t = 0; t < T; t++) {
+                double s = 0;
+                for (int img = 0; img < n; img++) s += dout[((size_t)img * T + t) * C + c];
+                if (dpos) dpos[(size_t)t * C + c] += (float)s;
+                if (dclass && t == 0) dclass[c] += (float)s;
+            }
+        }
+    }
+}
+
+void drop_first_row(float *dst, const float *src, int n, int P, int C) {
+    for (int img = 0; img < n; img++)
+        memcpy(dst + (size_t)img * P * C, src + ((size_t)img * (P + 1) + 1) * C, sizeof(float) * (size_t)P * C);
+}
+
+void drop_first_row_backward(float *dsrc, const float *ddst, int n, int P, int C) {
+    for (int img = 0; img < n; img++) {
+        memset(dsrc + (size_t)img * (P + 1) * C, 0, sizeof(float) * (size_t)C);
+        memcpy(dsrc + ((size_t)img * (P + 1) + 1) * C, ddst + (size_t)img * P * C, sizeof(float) * (size_t)P * C);
+    }
+}

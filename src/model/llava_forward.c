@@ -1,0 +1,571 @@
+// The LLaVA forward and backward passes.
+//
+//   pixels -> vision tower (CLIP, first vision_layers_run layers only) ->
+//   select (drop class row) -> projector -> rows scattered over the image
+//   tokens' embeddings -> LLaMA layers -> RMSNorm -> lm_head -> shifted
+//   cross-entropy.
+//
+// Each part runs in one of two modes: "keep" (activations go on the tape for
+// the backward) or not (scratch, freed as soon as the next layer has its
+// input). A part with nothing trainable at or before it runs without keep,
+// so a frozen vision tower holds no activations at all.
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "llava_internal.h"
+
+// Buffers of one layer; in no-keep mode they are freed when the layer ends.
+typedef struct {
+    float *ptr[40];
+    size_t n[40];
+    int count;
+} Scratch;
+
+typedef struct {
+    LlavaModel *m;
+    int keep;    // activations of this part are kept for backward
+    int vision;  // they count as vision-tower memory
+    int training;
+    Scratch scratch;
+} Pass;
+
+static float *buf(Pass *p, size_t n) {
+    if (p->keep) return tape_keep(&p->m->tape, n, p->vision);
+    float *x = tape_scratch(&p->m->tape, n);
+    if (x && p->scratch.count < 40) {
+        p->scratch.ptr[p->scratch.count] = x;
+        p->scratch.n[p->scratch.count++] = n;
+    }
+    return x;
+}
+
+static void end_layer(Pass *p, const float *survivor) {
+    for (int i = 0; i < p->scratch.count; i++) {
+        if (p->scratch.ptr[i] == survivor) continue;
+        tape_release_scratch(&p->m->tape, p->scratch.ptr[i], p->scratch.n[i]);
+    }
+    p->scratch.count = 0;
+}
+
+static void lin(Pass *p, const Linear *l, float *y, const float *x, int N, LinearCache *c) {
+    linear_module_forward(l, y, x, N, p->keep ? c : NULL, &p->m->tape, p->vision, &p->m->dropout_rng, p->training);
+}
+
+// ---------------------------------------------------------------- vision
+
+typedef struct {
+    float *x_in, *mean1, *rstd1, *h1, *q, *k, *v, *att, *lse, *x_mid, *mean2, *rstd2, *h2, *f1, *a1, *x_out;
+    LinearCache cq, ck, cv, co, c1, c2;
+} VisionActs;
+
+// x_in [N = n*T, C] -> x_out
+static int vision_layer_forward(Pass *p, const VisionLayer *layer, VisionActs *a, const float *x_in, int n, int T) {
+    const VisionConfig *vc = &p->m->config.vision;
+    int N = n * T, C = vc->hidden_size, H = vc->num_attention_heads, D = C / H, F = vc->intermediate_size;
+    a->x_in = (float *)x_in;
+    a->mean1 = buf(p, N), a->rstd1 = buf(p, N), a->h1 = buf(p, (size_t)N * C);
+    a->q = buf(p, (size_t)N * C), a->k = buf(p, (size_t)N * C), a->v = buf(p, (size_t)N * C);
+    a->att = buf(p, (size_t)N * C), a->lse = buf(p, (size_t)n * H * T), a->x_mid = buf(p, (size_t)N * C);
+    a->mean2 = buf(p, N), a->rstd2 = buf(p, N), a->h2 = buf(p, (size_t)N * C);
+    a->f1 = buf(p, (size_t)N * F), a->a1 = buf(p, (size_t)N * F), a->x_out = buf(p, (size_t)N * C);
+    if (p->m->tape.failed) return -1;
+    layernorm_forward(a->h1, a->mean1, a->rstd1, x_in, layer->ln1_w->data, layer->ln1_b->data, N, C, (float)vc->layer_norm_eps);
+    lin(p, &layer->q, a->q, a->h1, N, &a->cq);
+    lin(p, &layer->k, a->k, a->h1, N, &a->ck);
+    lin(p, &layer->v, a->v, a->h1, N, &a->cv);
+    attention_forward(a->att, a->lse, a->q, a->k, a->v, NULL, n, T, H, H, D, 0, 1.0f / sqrtf((float)D));
+    lin(p, &layer->o, a->x_mid, a->att, N, &a->co);
+    kernel_add(a->x_mid, x_in, (size_t)N * C);
+    layernorm_forward(a->h2, a->mean2, a->rstd2, a->x_mid, layer->ln2_w->data, layer->ln2_b->data, N, C, (float)vc->layer_norm_eps);
+    lin(p, &layer->fc1, a->f1, a->h2, N, &a->c1);
+    activation_forward(a->a1, a->f1, (size_t)N * F, p->m->vision_act);
+    lin(p, &layer->fc2, a->x_out, a->a1, N, &a->c2);
+    kernel_add(a->x_out, a->x_mid, (size_t)N * C);
+    return p->m->tape.failed ? -1 : 0;
+}
+
+// dx_out [N,C] -> dx_in (may be NULL when not needed).
+static void vision_layer_backward(LlavaModel *m, const VisionLayer *layer, const VisionActs *a, float *dx_in,
+                                  const float *dx_out, int n, int T) {
+    const VisionConfig *vc = &m->config.vision;
+    int N = n * T, C = vc->hidden_size, H = vc->num_attention_heads, D = C / H, F = vc->intermediate_size;
+    Tape *t = &m->tape;
+    float *da = tape_scratch(t, (size_t)N * F);
+    float *dh = tape_scratch(t, (size_t)N * C);
+    float *dmid = tape_scratch(t, (size_t)N * C);
+    float *dq = tape_scratch(t, (size_t)N * C), *dk = tape_scratch(t, (size_t)N * C), *dv = tape_scratch(t, (size_t)N * C);
+    float *datt = tape_scratch(t, (size_t)N * C);
+    if (!t->failed) {
+        linear_module_backward(&layer->fc2, da, 0, dx_out, a->a1, N, &a->c2, t);
+        activation_backward(da, da, a->f1, (size_t)N * F, m->vision_act);
+        linear_module_backward(&layer->fc1, dh, 0, da, a->h2, N, &a->c1, t);
+        layernorm_backward(dmid, layer->ln2_w->grad, layer->ln2_b->grad, dh, a->x_mid, a->mean2, a->rstd2, layer->ln2_w->data, N, C);
+        kernel_add(dmid, dx_out, (size_t)N * C);
+        linear_module_backward(&layer->o, datt, 0, dmid, a->att, N, &a->co, t);
+        attention_backward(dq, dk, dv, datt, a->att, a->lse, a->q, a->k, a->v, NULL, n, T, H, H, D, 0, 1.0f / sqrtf((float)D));
+        // dh1 (gradient at LayerNorm 1's output) is needed for dx_in or LN1's own weights.
+        float *dh1 = (dx_in || layer->ln1_w->grad || layer->ln1_b->grad) ? dh : NULL;
+        linear_module_backward(&layer->q, dh1, 0, dq, a->h1, N, &a->cq, t);
+        linear_module_backward(&layer->k, dh1, 1, dk, a->h1, N, &a->ck, t);
+        linear_module_backward(&layer->v, dh1, 1, dv, a->h1, N, &a->cv, t);
+        if (dh1) {
+            layernorm_backward(dx_in, layer->ln1_w->grad, layer->ln1_b->grad, dh1, a->x_in, a->mean1, a->rstd1,
+                               layer->ln1_w->data, N, C);
+            if (dx_in) kernel_add(dx_in, dmid, (size_t)N * C);
+        }
+    }
+    tape_release_scratch(t, da, (size_t)N * F);
+    tape_release_scratch(t, dh, (size_t)N * C);
+    tape_release_scratch(t, dmid, (size_t)N * C);
+    tape_release_scratch(t, dq, (size_t)N * C);
+    tape_release_scratch(t, dk, (size_t)N * C);
+    tape_release_scratch(t, dv, (size_t)N * C);
+    tape_release_scratch(t, datt, (size_t)N * C);
+}
+
+typedef struct {
+    float *patches, *patch_embeds, *embeds, *mean0, *rstd0, *x0;
+    VisionActs *layers;
+    float *features;  // [n*P', C]
+} VisionState;
+
+static int vision_forward(Pass *p, VisionState *s, const float *pixels, int n) {
+    LlavaModel *m = p->m;
+    const VisionConfig *vc = &m->config.vision;
+    int S = vc->image_size, ps = vc->patch_size, G = S / ps, P = G * G, T = P + 1, C = vc->hidden_size;
+    int K = vc->num_channels * ps * ps;
+    int full = strcmp(m->config.vision_feature_select_strategy, "full") == 0;
+    s->patches = buf(p, (size_t)n * P * K);
+    s->patch_embeds = buf(p, (size_t)n * P * C);
+    s->embeds = buf(p, (size_t)n * T * C);
+    s->mean0 = buf(p, (size_t)n * T), s->rstd0 = buf(p, (size_t)n * T);
+    s->x0 = buf(p, (size_t)n * T * C);
+    if (m->tape.failed) return -1;
+    patches_from_pixels(s->patches, pixels, n, vc->num_channels, S, ps);
+    linear_forward(s->patch_embeds, s->patches, m->patch_embedding->data, NULL, n * P, K, C);
+    vision_embed_forward(s->embeds, s->patch_embeds, m->class_embedding->data, m->position_embedding->data, n, P, C);
+    layernorm_forward(s->x0, s->mean0, s->rstd0, s->embeds, m->pre_ln_w->data, m->pre_ln_b->data, n * T, C,
+                      (float)vc->layer_norm_eps);
+    float *x = s->x0;
+    if (!p->keep) end_layer(p, x);
+    for (int i = 0; i < m->vision_layers_run; i++) {
+        if (vision_layer_forward(p, &m->vision_layers[i], &s->layers[i], x, n, T) != 0) return -1;
+        float *next = s->layers[i].x_out;
+        if (!p->keep) {
+            end_layer(p, next);
+            tape_release_scratch(&m->tape, x, (size_t)n * T * C);
+        }
+        x = next;
+    }
+    int Pf = full ? T : P;
+    // Features always survive the tower (the projector reads them).
+    s->features = p->keep ? tape_keep(&m->tape, (size_t)n * Pf * C, 1) : tape_scratch(&m->tape, (size_t)n * Pf * C);
+    if (s->features == NULL) return -1;
+    if (full) kernel_copy(s->features, x, (size_t)n * T * C);
+    else drop_first_row(s->features, x, n, P, C);
+    if (!p->keep) tape_release_scratch(&m->tape, x, (size_t)n * T * C);
+    return 0;
+}
+
+static void vision_backward(LlavaModel *m, VisionState *s, const float *dfeatures, int n) {
+    const VisionConfig *vc = &m->config.vision;
+    int S = vc->image_size, ps = vc->patch_size, G = S / ps, P = G * G, T = P + 1, C = vc->hidden_size;
+    int K = vc->num_channels * ps * ps;
+    int full = strcmp(m->config.vision_feature_select_strategy, "full") == 0;
+    Tape *t = &m->tape;
+    size_t nx = (size_t)n * T * C;
+    float *dx = tape_scratch(t, nx), *dprev = tape_scratch(t, nx);
+    if (t->failed) goto done;
+    if (full) kernel_copy(dx, dfeatures, nx);
+    else drop_first_row_backward(dx, dfeatures, n, P, C);
+    int embeds_trainable = m->patch_embedding->trainable || m->class_embedding->trainable ||
+                           m->position_embedding->trainable || m->pre_ln_w->trainable || m->pre_ln_b->trainable;
+    for (int i = m->vision_layers_run - 1; i >= 0; i--) {
+        int need_dx = i > 0 || embeds_trainable;
+        vision_layer_backward(m, &m->vision_layers[i], &s->layers[i], need_dx ? dprev : NULL, dx, n, T);
+        float *swap = dx;
+        dx = dprev;
+        dprev = swap;
+    }
+    if (embeds_trainable) {
+        float *dembeds = dprev;  // free buffer
+        layernorm_backward(dembeds, m->pre_ln_w->grad, m->pre_ln_b->grad, dx, s->embeds, s->mean0, s->rstd0,
+                           m->pre_ln_w->data, n * T, C);
+        float *dpatch = tape_scratch(t, (size_t)n * P * C);
+        if (dpatch) {
+            vision_embed_backward(dpatch, m->class_embedding->grad, m->position_embedding->grad, dembeds, n, P, C);
+            if (m->patch_embedding->grad)
+                linear_backward(NULL, 0, m->patch_embedding->grad, NULL, dpatch, s->patches, m->patch_embedding->data,
+                                n * P, K, C);
+            tape_release_scratch(t, dpatch, (size_t)n * P * C);
+        }
+    }
+done:
+    tape_release_scratch(t, dx, nx);
+    tape_release_scratch(t, dprev, nx);
+}
+
+// ------------------------------------------------------------- projector
+
+typedef struct {
+    float *in, *a1, *mean2, *rstd2, *n2, *g, *a3, *mean4, *rstd4, *out;
+    LinearCache c1, c3;
+} ProjectorActs;
+
+// in [M, Cv] -> out [M, C]
+static int projector_forward(Pass *p, ProjectorActs *a, const float *in, int M) {
+    LlavaModel *m = p->m;
+    int C = m->config.text.hidden_size;
+    a->in = (float *)in;
+    a->a1 = buf(p, (size_t)M * C), a->g = buf(p, (size_t)M * C);
+    a->out = p->keep ? buf(p, (size_t)M * C) : tape_scratch(&m->tape, (size_t)M * C);
+    if (m->projector == PROJECTOR_YIVL) {
+        a->mean2 = buf(p, M), a->rstd2 = buf(p, M), a->n2 = buf(p, (size_t)M * C);
+        a->a3 = buf(p, (size_t)M * C), a->mean4 = buf(p, M), a->rstd4 = buf(p, M);
+    }
+    if (m->tape.failed) return -1;
+    lin(p, &m->proj1, a->a1, in, M, &a->c1);
+    if (m->projector == PROJECTOR_YIVL) {
+        // linear_1 -> LayerNorm -> act -> linear_3 -> LayerNorm (eps 1e-5, torch default)
+        layernorm_forward(a->n2, a->mean2, a->rstd2, a->a1, m->proj_ln2_w->data, m->proj_ln2_b->data, M, C, 1e-5f);
+        activation_forward(a->g, a->n2, (size_t)M * C, m->projector_act);
+        lin(p, &m->proj3, a->a3, a->g, M, &a->c3);
+        layernorm_forward(a->out, a->mean4, a->rstd4, a->a3, m->proj_ln4_w->data, m->proj_ln4_b->data, M, C, 1e-5f);
+    } else {
+        activation_forward(a->g, a->a1, (size_t)M * C, m->projector_act);
+        lin(p, &m->proj3, a->out, a->g, M, &a->c3);
+    }
+    if (!p->keep) end_layer(p, NULL);
+    return 0;
+}
+
+// dout [M, C] -> din [M, Cv] (NULL when the tower does not train).
+static void projector_backward(LlavaModel *m, const ProjectorActs *a, float *din, const float *dout, int M) {
+    int C = m->config.text.hidden_size;
+    Tape *t = &m->tape;
+    float *d1 = tape_scratch(t, (size_t)M * C), *d2 = tape_scratch(t, (size_t)M * C);
+    if (t->failed) goto done;
+    if (m->projector == PROJECTOR_YIVL) {
+        layernorm_backward(d1, m->proj_ln4_w->grad, m->proj_ln4_b->grad, dout, a->a3, a->mean4, a->rstd4,
+                           m->proj_ln4_w->data, M, C);
+        linear_module_backward(&m->proj3, d2, 0, d1, a->g, M, &a->c3, t);
+        activation_backward(d2, d2, a->n2, (size_t)M * C, m->projector_act);
+        layernorm_backward(d1, m->proj_ln2_w->grad, m->proj_ln2_b->grad, d2, a->a1, a->mean2, a->rstd2,
+                           m->proj_ln2_w->data, M, C);
+    } else {
+        linear_module_backward(&m->proj3, d2, 0, dout, a->g, M, &a->c3, t);
+        activation_backward(d1, d2, a->a1, (size_t)M * C, m->projector_act);
+    }
+    linear_module_backward(&m->proj1, din, 0, d1, a->in, M, &a->c1, t);
+done:
+    tape_release_scratch(t, d1, (size_t)M * C);
+    tape_release_scratch(t, d2, (size_t)M * C);
+}
+
+// -------------------------------------------------------------- language
+
+typedef struct {
+    float *x_in, *rstd1, *h1, *q, *k, *v, *att, *lse, *x_mid, *rstd2, *h2, *gate, *up, *act, *x_out;
+    LinearCache cq, ck, cv, co, cg, cu, cd;
+} TextActs;
+
+static int text_layer_forward(Pass *p, const TextLayer *layer, TextActs *a, const float *x_in, const int32_t *mask,
+                              int B, int L) {
+    const TextConfig *tc = &p->m->config.text;
+    int N = B * L, C = tc->hidden_size, Hq = tc->num_attention_heads, Hkv = tc->num_key_value_heads, D = tc->head_dim;
+    int F = tc->intermediate_size;
+    float eps = (float)tc->rms_norm_eps;
+    a->x_in = (float *)x_in;
+    a->rstd1 = buf(p, N), a->h1 = buf(p, (size_t)N * C);
+    a->q = buf(p, (size_t)N * Hq * D), a->k = buf(p, (size_t)N * Hkv * D), a->v = buf(p, (size_t)N * Hkv * D);
+    a->att = buf(p, (size_t)N * Hq * D), a->lse = buf(p, (size_t)B * Hq * L);
+    a->x_mid = buf(p, (size_t)N * C), a->rstd2 = buf(p, N), a->h2 = buf(p, (size_t)N * C);
+    a->gate = buf(p, (size_t)N * F), a->up = buf(p, (size_t)N * F), a->act = buf(p, (size_t)N * F);
+    a->x_out = buf(p, (size_t)N * C);
+    if (p->m->tape.failed) return -1;
+    rmsnorm_forward(a->h1, a->rstd1, x_in, layer->norm1->data, N, C, eps);
+    lin(p, &layer->q, a->q, a->h1, N, &a->cq);
+    lin(p, &layer->k, a->k, a->h1, N, &a->ck);
+    lin(p, &layer->v, a->v, a->h1, N, &a->cv);
+    rope_forward(a->q, B, L, Hq, D, (float)tc->rope_theta);
+    rope_forward(a->k, B, L, Hkv, D, (float)tc->rope_theta);
+    attention_forward(a->att, a->lse, a->q, a->k, a->v, mask, B, L, Hq, Hkv, D, 1, 1.0f / sqrtf((float)D));
+    lin(p, &layer->o, a->x_mid, a->att, N, &a->co);
+    kernel_add(a->x_mid, x_in, (size_t)N * C);
+    rmsnorm_forward(a->h2, a->rstd2, a->x_mid, layer->norm2->data, N, C, eps);
+    lin(p, &layer->gate, a->gate, a->h2, N, &a->cg);
+    lin(p, &layer->up, a->up, a->h2, N, &a->cu);
+    swiglu_forward(a->act, a->gate, a->up, (size_t)N * F);
+    lin(p, &layer->down, a->x_out, a->act, N, &a->cd);
+    kernel_add(a->x_out, a->x_mid, (size_t)N * C);
+    return p->m->tape.failed ? -1 : 0;
+}
+
+static void text_layer_backward(LlavaModel *m, const TextLayer *layer, const TextActs *a, float *dx_in,
+                                const float *dx_out, const int32_t *mask, int B, int L) {
+    const TextConfig *tc = &m->config.text;
+    int N = B * L, C = tc->hidden_size, Hq = tc->num_attention_heads, Hkv = tc->num_key_value_heads, D = tc->head_dim;
+    int F = tc->intermediate_size;
+    Tape *t = &m->tape;
+    float *dact = tape_scratch(t, (size_t)N * F), *dgate = tape_scratch(t, (size_t)N * F), *dup = tape_scratch(t, (size_t)N * F);
+    float *dh = tape_scratch(t, (size_t)N * C), *dmid = tape_scratch(t, (size_t)N * C);
+    float *datt = tape_scratch(t, (size_t)N * Hq * D), *dq = tape_scratch(t, (size_t)N * Hq * D);
+    float *dk = tape_scratch(t, (size_t)N * Hkv * D), *dv = tape_scratch(t, (size_t)N * Hkv * D);
+    if (!t->failed) {
+        linear_module_backward(&layer->down, dact, 0, dx_out, a->act, N, &a->cd, t);
+        swiglu_backward(dgate, dup, dact, a->gate, a->up, (size_t)N * F);
+        linear_module_backward(&layer->gate, dh, 0, dgate, a->h2, N, &a->cg, t);
+        linear_module_backward(&layer->up, dh, 1, dup, a->h2, N, &a->cu, t);
+        rmsnorm_backward(dmid, layer->norm2->grad, dh, a->x_mid, a->rstd2, layer->norm2->data, N, C);
+        kernel_add(dmid, dx_out, (size_t)N * C);
+        linear_module_backward(&layer->o, datt, 0, dmid, a->att, N, &a->co, t);
+        attention_backward(dq, dk, dv, datt, a->att, a->lse, a->q, a->k, a->v, mask, B, L, Hq, Hkv, D, 1,
+                           1.0f / sqrtf((float)D));
+        rope_backward(dq, B, L, Hq, D, (float)tc->rope_theta);
+        rope_backward(dk, B, L, Hkv, D, (float)tc->rope_theta);
+        float *dh1 = (dx_in || layer->norm1->grad) ? dh : NULL;
+        linear_module_backward(&layer->q, dh1, 0, dq, a->h1, N, &a->cq, t);
+        linear_module_backward(&layer->k, dh1, 1, dk, a->h1, N, &a->ck, t);
+        linear_module_backward(&layer->v, dh1, 1, dv, a->h1, N, &a->cv, t);
+        if (dh1) {
+            rmsnorm_backward(dx_in, layer->norm1->grad, dh, a->x_in, a->rstd1, layer->norm1->data, N, C);
+            if (dx_in) kernel_add(dx_in, dmid, (size_t)N * C);
+        }
+    }
+    tape_release_scratch(t, dact, (size_t)N * F);
+    tape_release_scratch(t, dgate, (size_t)N * F);
+    tape_release_scratch(t, dup, (size_t)N * F);
+    tape_release_scratch(t, dh, (size_t)N * C);
+    tape_release_scratch(t, dmid, (size_t)N * C);
+    tape_release_scratch(t, datt, (size_t)N * Hq * D);
+    tape_release_scratch(t, dq, (size_t)N * Hq * D);
+    tape_release_scratch(t, dk, (size_t)N * Hkv * D);
+    tape_release_scratch(t, dv, (size_t)N * Hkv * D);
+}
+
+// ------------------------------------------------------------ the model
+
+static int check_batch(const LlavaModel *m, const LlavaBatch *b, int *image_rows_out, Error *err) {
+    const ModelConfig *c = &m->config;
+    if (b->batch_size <= 0 || b->seq_len <= 0) return error_set(err, "batch: empty batch (B=%d, L=%d)", b->batch_size, b->seq_len);
+    int N = b->batch_size * b->seq_len, image_rows = 0;
+    for (int i = 0; i < N; i++) {
+        int id = b->input_ids[i];
+        if (c->has_vision && id == c->image_token_index) image_rows++;
+        else if (id < 0 || id >= c->text.vocab_size)
+            return error_set(err, "batch: token id %d at position %d is outside the vocabulary (%d)", id, i, c->text.vocab_size);
+        if (b->labels && b->labels[i] != KERNEL_IGNORE_INDEX && (b->labels[i] < 0 || b->labels[i] >= c->text.vocab_size))
+            return error_set(err, "batch: label %d at position %d is outside the vocabulary (%d)", b->labels[i], i,
+                             c->text.vocab_size);
+    }
+    int per_image = 0;
+    if (c->has_vision) {
+        int G = c->vision.image_size / c->vision.patch_size;
+        per_image = G * G + (strcmp(c->vision_feature_select_strategy, "full") == 0 ? 1 : 0);
+    }
+    if (image_rows != b->n_images * per_image)
+        return error_set(err, "batch: %d image tokens for %d images (%d tokens each expected)", image_rows, b->n_images,
+                         per_image);
+    if (b->n_images > 0 && b->pixel_values == NULL) return error_set(err, "batch: images without pixel_values");
+    *image_rows_out = image_rows;
+    return 0;
+}
+
+typedef enum { RUN_TRAIN, RUN_LOSS, RUN_LOGITS } RunMode;
+
+static int run(LlavaModel *m, const LlavaBatch *b, RunMode mode, float grad_scale, double *loss_out, int *count_out,
+               float *logits_out, Error *err) {
+    const ModelConfig *c = &m->config;
+    const TextConfig *tc = &c->text;
+    int image_rows = 0;
+    if (check_batch(m, b, &image_rows, err) != 0) return -1;
+    int B = b->batch_size, L = b->seq_len, N = B * L, C = tc->hidden_size, V = tc->vocab_size;
+    int train = mode == RUN_TRAIN;
+    Tape *t = &m->tape;
+    tape_clear(t);
+    t->peak = 0;
+    t->failed = 0;
+    t->live_scratch = 0;
+    int rc = -1;
+    int32_t *image_index = malloc(sizeof(int32_t) * (size_t)(image_rows + 1));
+    uint8_t *is_image = calloc((size_t)N, 1);
+    int32_t *targets = malloc(sizeof(int32_t) * (size_t)N);
+    int32_t *row_index = NULL, *row_targets_owned = NULL;
+    VisionState vs = {0};
+    ProjectorActs pa = {0};
+    TextActs *ta = calloc((size_t)tc->num_hidden_layers + 1, sizeof(TextActs));
+    float *features = NULL, *x = NULL, *xf = NULL, *rstdf = NULL, *logits = NULL, *lse = NULL;
+    int features_scratch = 0;
+    size_t features_n = 0, vision_features_n = 0;
+    int vision_features_scratch = 0;
+    if (!image_index || !is_image || !targets || !ta) goto oom;
+    for (int i = 0, k = 0; i < N; i++)
+        if (c->has_vision && b->input_ids[i] == c->image_token_index) {
+            image_index[k++] = i;
+            is_image[i] = 1;
+        }
+    // Shifted labels: position t predicts labels[t + 1]; the last of each row predicts nothing.
+    for (int bi = 0; bi < B; bi++)
+        for (int ti = 0; ti < L; ti++)
+            targets[bi * L + ti] = (ti + 1 < L && b->labels) ? b->labels[bi * L + ti + 1] : KERNEL_IGNORE_INDEX;
+
+    int projector_keep = train && (m->projector_trainable || m->vision_trainable);
+    if (b->n_images > 0) {
+        vs.layers = calloc((size_t)m->vision_layers_run + 1, sizeof(VisionActs));
+        if (!vs.layers) goto oom;
+        Pass vp = {.m = m, .keep = train && m->vision_trainable, .vision = 1, .training = train};
+        if (vision_forward(&vp, &vs, b->pixel_values, b->n_images) != 0) goto oom;
+        Pass pp = {.m = m, .keep = projector_keep, .vision = 0, .training = train};
+        if (projector_forward(&pp, &pa, vs.features, image_rows) != 0) goto oom;
+        features = pa.out;
+        features_n = (size_t)image_rows * C;
+        features_scratch = !projector_keep;
+        vision_features_n = (size_t)image_rows * c->vision.hidden_size;
+        vision_features_scratch = !vp.keep;
+        if (!vp.keep && !projector_keep) {
+            // Neither tower nor projector trains: the tower's output can go now.
+            tape_release_scratch(t, vs.features, vision_features_n);
+            vs.features = NULL;
+        }
+    }
+    Pass lp = {.m = m, .keep = train, .vision = 0, .training = train};
+    x = buf(&lp, (size_t)N * C);
+    if (!x) goto oom;
+    if (!train) lp.scratch.count = 0;  // x is freed by hand below
+    embedding_forward(x, m->embed_tokens->data, b->input_ids, is_image, N, C);
+    if (image_rows) rows_scatter(x, image_index, features, image_rows, C);
+    if (features_scratch) {
+        tape_release_scratch(t, features, features_n);
+        features = NULL;
+    }
+    float *h = x;
+    for (int i = 0; i < tc->num_hidden_layers; i++) {
+        if (text_layer_forward(&lp, &m->text_layers[i], &ta[i], h, b->attention_mask, B, L) != 0) goto oom;
+        float *next = ta[i].x_out;
+        if (!train) {
+            end_layer(&lp, next);
+            tape_release_scratch(t, h, (size_t)N * C);
+        }
+        h = next;
+    }
+    xf = buf(&lp, (size_t)N * C), rstdf = buf(&lp, N);
+    if (!xf || !rstdf) goto oom;
+    rmsnorm_forward(xf, rstdf, h, m->final_norm->data, N, C, (float)tc->rms_norm_eps);
+    int count = 0;
+    for (int i = 0; i < N; i++) count += targets[i] != KERNEL_IGNORE_INDEX;
+    // Only rows that predict a label need logits (prompt, image and padding
+    // rows do not), unless the caller asked for them all: this skips most of
+    // the lm_head work, whose gradient at those rows would be zero anyway.
+    int rows = N;
+    float *head_in = xf;
+    int32_t *row_targets = targets;
+    if (!logits_out) {
+        rows = count;
+        row_index = malloc(sizeof(int32_t) * (size_t)(rows + 1));
+        row_targets = row_targets_owned = malloc(sizeof(int32_t) * (size_t)(rows + 1));
+        head_in = buf(&lp, (size_t)rows * C);
+        if (!row_index || !row_targets || !head_in) goto oom;
+        for (int i = 0, k = 0; i < N; i++)
+            if (targets[i] != KERNEL_IGNORE_INDEX) {
+                row_index[k] = i;
+                row_targets[k++] = targets[i];
+            }
+        rows_gather(head_in, xf, row_index, rows, C);
+    }
+    logits = logits_out ? logits_out : tape_scratch(t, (size_t)rows * V);
+    lse = tape_scratch(t, rows);
+    if (!logits || !lse) goto oom;
+    LinearCache head_cache = {0};
+    lin(&lp, &m->lm_head, logits, head_in, rows, &head_cache);
+    if (t->failed) goto oom;
+    double total = cross_entropy_forward(lse, logits, row_targets, rows, V);
+    double loss = count ? total / count : 0.0;
+    if (loss_out) *loss_out = loss;
+    if (count_out) *count_out = count;
+    if (!train) {
+        if (!logits_out) tape_release_scratch(t, logits, (size_t)rows * V);
+        tape_release_scratch(t, lse, rows);
+        end_layer(&lp, NULL);
+        tape_release_scratch(t, h, (size_t)N * C);
+        rc = 0;
+        goto done;
+    }
+    // ---- backward
+    cross_entropy_backward(logits, lse, row_targets, rows, V, count ? grad_scale / (float)count : 0.0f);
+    tape_release_scratch(t, lse, rows);
+    lse = NULL;
+    float *dh = tape_scratch(t, (size_t)N * C), *dprev = tape_scratch(t, (size_t)N * C);
+    float *dhead = row_index ? tape_scratch(t, (size_t)rows * C) : dprev;
+    if (!dh || !dprev || !dhead) goto oom;
+    float *dxf = dprev;
+    linear_module_backward(&m->lm_head, dhead, 0, logits, head_in, rows, &head_cache, t);
+    tape_release_scratch(t, logits, (size_t)rows * V);
+    logits = NULL;
+    if (row_index) {
+        kernel_zero(dxf, (size_t)N * C);
+        rows_scatter(dxf, row_index, dhead, rows, C);
+        tape_release_scratch(t, dhead, (size_t)rows * C);
+    }
+    rmsnorm_backward(dh, m->final_norm->grad, dxf, h, rstdf, m->final_norm->data, N, C);
+    int need_input_grad = m->embed_trainable || (image_rows && projector_keep);
+    for (int i = tc->num_hidden_layers - 1; i >= 0; i--) {
+        int need = i > 0 || need_input_grad;
+        text_layer_backward(m, &m->text_layers[i], &ta[i], need ? dprev : NULL, dh, b->attention_mask, B, L);
+        float *swap = dh;
+        dh = dprev;
+        dprev = swap;
+    }
+    if (t->failed) goto oom;
+    // dh: gradient of the merged embeddings.
+    if (m->embed_tokens->grad) embedding_backward(m->embed_tokens->grad, dh, b->input_ids, is_image, N, C);
+    if (image_rows && projector_keep) {
+        float *dfeat = tape_scratch(t, (size_t)image_rows * C);
+        if (!dfeat) goto oom;
+        rows_gather(dfeat, dh, image_index, image_rows, C);
+        float *dvis = NULL;
+        size_t nvis = (size_t)image_rows * c->vision.hidden_size;
+        if (m->vision_trainable) dvis = tape_scratch(t, nvis);
+        projector_backward(m, &pa, dvis, dfeat, image_rows);
+        tape_release_scratch(t, dfeat, (size_t)image_rows * C);
+        if (m->vision_trainable && dvis) vision_backward(m, &vs, dvis, b->n_images);
+        tape_release_scratch(t, dvis, dvis ? nvis : 0);
+    }
+    tape_release_scratch(t, dh, (size_t)N * C);
+    tape_release_scratch(t, dprev, (size_t)N * C);
+    if (t->failed) goto oom;
+    rc = 0;
+    goto done;
+oom:
+    if (!t->failed) t->failed = 1;
+    error_set(err, "out of memory running the model (B=%d, L=%d)", B, L);
+done:
+    // A frozen tower's output under a trained projector was scratch held until now.
+    if (vision_features_scratch && vs.features) tape_release_scratch(t, vs.features, vision_features_n);
+    m->stats.activations_peak = t->peak;
+    m->stats.activations_kept_vision = t->kept_vision;
+    m->stats.activations_kept_total = t->kept;
+    tape_clear(t);
+    free(image_index);
+    free(is_image);
+    free(targets);
+    free(row_index);
+    free(row_targets_owned);
+    free(ta);
+    free(vs.layers);
+    return rc;
+}
+
+int llava_forward_backward(LlavaModel *m, const LlavaBatch *b, float grad_scale, double *loss, Error *err) {
+    if (m->n_params == 0) return error_set(err, "the model has no trainable parameters (finetuning_type none?)");
+    return run(m, b, RUN_TRAIN, grad_scale, loss, NULL, NULL, err);
+}
+
+int llava_forward_loss(LlavaModel *m, const LlavaBatch *b, double *loss, int *n_tokens, Error *err) {
+    return run(m, b, RUN_LOSS, 0.0f, loss, n_tokens, NULL, err);
+}
+
+int llava_logits(LlavaModel *m, const LlavaBatch *b, float *logits, Error *err) {
+    return run(m, b, RUN_LOGITS, 0.0f, NULL, NULL, logits, err);
+}

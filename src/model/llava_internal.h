@@ -1,0 +1,114 @@
+// llava_internal.h - the structures shared by the files of src/model that
+// implement llava.h. Not for use outside src/model.
+#ifndef VLFT_LLAVA_INTERNAL_H
+#define VLFT_LLAVA_INTERNAL_H
+
+#include "../base/rng.h"
+#include "../io/safetensors.h"
+#include "../kernels/kernels.h"
+#include "layout.h"
+#include "llava.h"
+
+// One tensor of the checkpoint.
+typedef struct {
+    const LayoutEntry *entry;  // classic name, shape, group
+    const TensorInfo *source;  // in the mmap'd checkpoint
+    size_t numel;
+    const float *data;         // what compute reads: the mmap (zero-copy) or owned
+    float *owned;              // fp32 copy (conversion, or trainable master)
+    float *grad;               // NULL when frozen
+    int trainable;
+} Weight;
+
+typedef struct {
+    char module[160];  // classic module path, e.g. language_model.model.layers.0.self_attn.q_proj
+    int in, out, rank;
+    float scale;       // alpha / r
+    float dropout;
+    float *A, *B;      // [rank, in], [out, rank]
+    float *dA, *dB;
+    char name_A[224], name_B[224];  // PEFT names
+    int unused;        // in a vision layer past the selected feature layer: saved, never trained
+} LoraAdapter;
+
+typedef struct {
+    Weight *w, *b;  // b may be NULL
+    LoraAdapter *lora;
+    int in, out;
+} Linear;
+
+// What a Linear keeps from its forward for the backward (LoRA parts only;
+// the input itself is held by the caller).
+typedef struct {
+    float *u;         // [N, rank]
+    float *dropped;   // [N, in] when dropout
+    uint8_t *keep;    // [N, in] when dropout
+} LinearCache;
+
+// Activation bookkeeping. Buffers kept for the backward live on the tape
+// and are freed together after it; scratch buffers are freed at once.
+typedef struct {
+    void **ptrs;
+    int count, capacity;
+    size_t kept, kept_vision, live_scratch, peak;
+    int failed;  // an allocation failed
+} Tape;
+
+float *tape_keep(Tape *t, size_t n, int vision);
+float *tape_scratch(Tape *t, size_t n);
+void tape_release_scratch(Tape *t, float *p, size_t n);
+void tape_clear(Tape *t);
+
+typedef struct {
+    Linear q, k, v, o;
+    Weight *ln1_w, *ln1_b, *ln2_w, *ln2_b;
+    Linear fc1, fc2;
+} VisionLayer;
+
+typedef struct {
+    Linear q, k, v, o, gate, up, down;
+    Weight *norm1, *norm2;
+} TextLayer;
+
+struct LlavaModel {
+    ModelConfig config;
+    LlavaOptions options;
+    char model_dir[4096];
+    Safetensors weights_file;
+    Layout layout;
+    ProjectorKind projector;
+    Weight *weights;  // layout order
+    int n_weights;
+    LoraAdapter *loras;
+    int n_loras;
+    ParamRef *params;
+    int n_params;
+    char **param_names;  // owned storage of ParamRef names
+    // vision
+    Weight *class_embedding, *patch_embedding, *position_embedding, *pre_ln_w, *pre_ln_b;
+    VisionLayer *vision_layers;
+    int vision_layers_run;
+    Activation vision_act;
+    // projector
+    Linear proj1, proj3;             // linear_1, linear_3 (Yi-VL) / linear_2 (LLaVA) in proj3
+    Weight *proj_ln2_w, *proj_ln2_b, *proj_ln4_w, *proj_ln4_b;  // Yi-VL LayerNorms
+    Activation projector_act;
+    // language
+    Weight *embed_tokens, *final_norm;
+    Linear lm_head;
+    TextLayer *text_layers;
+    int vision_trainable, projector_trainable, embed_trainable;
+    Rng dropout_rng;
+    Tape tape;
+    LlavaMemoryStats stats;
+};
+
+// trainable.c: marks weights trainable and creates the LoRA adapters.
+int llava_select_trainable(LlavaModel *m, Error *err);
+// linear.c
+void linear_module_forward(const Linear *l, float *y, const float *x, int N, LinearCache *cache, Tape *tape,
+                           int vision, Rng *rng, int training);
+void linear_module_backward(const Linear *l, float *dx, int accumulate_dx, const float *dy, const float *x, int N,
+                            const LinearCache *cache, Tape *tape);
+
+#endif

@@ -1,0 +1,293 @@
+// Loading a LLaVA folder: config, mmap'd weights checked against the layout,
+// the trainable selection, and the fp32 buffers compute reads.
+//
+// A frozen F32 tensor is read in place from the mapping (no copy); a frozen
+// BF16/F16 one is converted once to fp32; a trainable one gets an fp32
+// master copy and a gradient buffer.
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "llava_internal.h"
+
+static Weight *find_weight(LlavaModel *m, const char *fmt, int index) {
+    char name[200];
+    snprintf(name, sizeof name, fmt, index);
+    for (int i = 0; i < m->n_weights; i++)
+        if (strcmp(m->weights[i].entry->name, name) == 0) return &m->weights[i];
+    return NULL;
+}
+
+static LoraAdapter *find_lora(LlavaModel *m, const char *module) {
+    for (int i = 0; i < m->n_loras; i++)
+        if (strcmp(m->loras[i].module, module) == 0) return &m->loras[i];
+    return NULL;
+}
+
+// Wires a Linear from "<module>.weight" / "<module>.bias".
+static int bind_linear(LlavaModel *m, Linear *l, const char *module_fmt, int index, Error *err) {
+    char module[200], name[220];
+    snprintf(module, sizeof module, module_fmt, index);
+    snprintf(name, sizeof name, "%s.weight", module);
+    l->w = NULL;
+    for (int i = 0; i < m->n_weights; i++) {
+        if (strcmp(m->weights[i].entry->name, name) == 0) l->w = &m->weights[i];
+    }
+    if (l->w == NULL) return error_set(err, "%s: model has no tensor '%s'", m->model_dir, name);
+    snprintf(name, sizeof name, "%s.bias", module);
+    l->b = NULL;
+    for (int i = 0; i < m->n_weights; i++)
+        if (strcmp(m->weights[i].entry->name, name) == 0) l->b = &m->weights[i];
+    l->out = (int)l->w->entry->shape[0];
+    l->in = (int)l->w->entry->shape[1];
+    l->lora = find_lora(m, module);
+    if (l->lora && l->lora->unused) l->lora = NULL;  // never runs
+    return 0;
+}
+
+static int materialize(LlavaModel *m, Weight *w, Error *err) {
+    w->numel = w->source->numel;
+    if (!w->trainable && safetensors_is_zero_copy(w->source, DTYPE_F32)) {
+        w->data = w->source->data;
+        m->stats.weights_mapped += w->numel * sizeof(float);
+        return 0;
+    }
+    w->owned = kernel_alloc(w->numel);
+    if (w->owned == NULL) return error_set(err, "%s: out of memory for '%s'", m->model_dir, w->entry->name);
+    if (safetensors_read_f32(&m->weights_file, w->source, w->owned, err) != 0) return -1;
+    w->data = w->owned;
+    m->stats.weights_owned += w->numel * sizeof(float);
+    if (w->trainable) {
+        w->grad = kernel_alloc(w->numel);
+        if (w->grad == NULL) return error_set(err, "%s: out of memory for the gradient of '%s'", m->model_dir, w->entry->name);
+        m->stats.grads += w->numel * sizeof(float);
+    }
+    return 0;
+}
+
+static int add_param(LlavaModel *m, const char *name, float *value, float *grad, size_t numel, int ndim,
+                     const int64_t *shape, int decay) {
+    ParamRef *p = &m->params[m->n_params];
+    m->param_names[m->n_params] = strdup(name);
+    if (m->param_names[m->n_params] == NULL) return -1;
+    p->name = m->param_names[m->n_params];
+    p->value = value;
+    p->grad = grad;
+    p->numel = numel;
+    p->ndim = ndim;
+    for (int d = 0; d < ndim && d < 4; d++) p->shape[d] = shape[d];
+    p->decay = decay;
+    m->n_params++;
+    return 0;
+}
+
+static int build_params(LlavaModel *m, Error *err) {
+    int capacity = 2 * m->n_loras + m->n_weights;
+    m->params = calloc((size_t)capacity + 1, sizeof(ParamRef));
+    m->param_names = calloc((size_t)capacity + 1, sizeof(char *));
+    if (!m->params || !m->param_names) return error_set(err, "out of memory");
+    for (int i = 0; i < m->n_loras; i++) {
+        LoraAdapter *a = &m->loras[i];
+        if (a->unused) continue;
+        int64_t sa[2] = {a->rank, a->in}, sb[2] = {a->out, a->rank};
+        if (add_param(m, a->name_A, a->A, a->dA, (size_t)a->rank * a->in, 2, sa, 1) != 0 ||
+            add_param(m, a->name_B, a->B, a->dB, (size_t)a->out * a->rank, 2, sb, 1) != 0)
+            return error_set(err, "out of memory");
+        m->stats.grads += 2 * sizeof(float) * ((size_t)a->rank * a->in + (size_t)a->out * a->rank);
+    }
+    for (int i = 0; i < m->n_weights; i++) {
+        Weight *w = &m->weights[i];
+        if (!w->trainable) continue;
+        char name[256];
+        // LoRA runs save extra trained modules under PEFT's prefix; full runs
+        // keep the checkpoint's own names.
+        if (m->options.finetuning_type == FINETUNE_LORA) snprintf(name, sizeof name, "base_model.model.%s", w->entry->name);
+        else snprintf(name, sizeof name, "%s", w->source->name);
+        // transformers' Trainer: no weight decay for biases and norm weights.
+        int decay = w->entry->init != INIT_ONE && strstr(w->entry->name, "bias") == NULL;
+        if (add_param(m, name, w->owned, w->grad, w->numel, w->entry->ndim, w->entry->shape, decay) != 0)
+            return error_set(err, "out of memory");
+    }
+    return 0;
+}
+
+static int wire(LlavaModel *m, Error *err) {
+    const ModelConfig *c = &m->config;
+    const char *lm = c->has_vision ? "language_model." : "";
+    char fmt[200];
+    if (c->has_vision) {
+        m->class_embedding = find_weight(m, "vision_tower.vision_model.embeddings.class_embedding", 0);
+        m->patch_embedding = find_weight(m, "vision_tower.vision_model.embeddings.patch_embedding.weight", 0);
+        m->position_embedding = find_weight(m, "vision_tower.vision_model.embeddings.position_embedding.weight", 0);
+        m->pre_ln_w = find_weight(m, "vision_tower.vision_model.pre_layrnorm.weight", 0);
+        m->pre_ln_b = find_weight(m, "vision_tower.vision_model.pre_layrnorm.bias", 0);
+        m->vision_layers_run = model_config_vision_layers_needed(c);
+        if (m->vision_layers_run < 0 || m->vision_layers_run > c->vision.num_hidden_layers)
+            return error_set(err, "%s/config.json: vision_feature_layer %d is out of range for %d layers", m->model_dir,
+                             c->vision_feature_layer, c->vision.num_hidden_layers);
+        m->vision_layers = calloc((size_t)c->vision.num_hidden_layers + 1, sizeof(VisionLayer));
+        if (!m->vision_layers) return error_set(err, "out of memory");
+        for (int i = 0; i < c->vision.num_hidden_layers; i++) {
+            VisionLayer *v = &m->vision_layers[i];
+            const char *base = "vision_tower.vision_model.encoder.layers.%d.";
+            const char *parts[6] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",
+                                    "mlp.fc1", "mlp.fc2"};
+            Linear *ls[6] = {&v->q, &v->k, &v->v, &v->o, &v->fc1, &v->fc2};
+            for (int j = 0; j < 6; j++) {
+                snprintf(fmt, sizeof fmt, "%s%s", base, parts[j]);
+                if (bind_linear(m, ls[j], fmt, i, err) != 0) return -1;
+            }
+            v->ln1_w = find_weight(m, "vision_tower.vision_model.encoder.layers.%d.layer_norm1.weight", i);
+            v->ln1_b = find_weight(m, "vision_tower.vision_model.encoder.layers.%d.layer_norm1.bias", i);
+            v->ln2_w = find_weight(m, "vision_tower.vision_model.encoder.layers.%d.layer_norm2.weight", i);
+            v->ln2_b = find_weight(m, "vision_tower.vision_model.encoder.layers.%d.layer_norm2.bias", i);
+        }
+        if (bind_linear(m, &m->proj1, "multi_modal_projector.linear_1", 0, err) != 0) return -1;
+        if (m->projector == PROJECTOR_YIVL) {
+            if (bind_linear(m, &m->proj3, "multi_modal_projector.linear_3", 0, err) != 0) return -1;
+            m->proj_ln2_w = find_weight(m, "multi_modal_projector.linear_2.weight", 0);
+            m->proj_ln2_b = find_weight(m, "multi_modal_projector.linear_2.bias", 0);
+            m->proj_ln4_w = find_weight(m, "multi_modal_projector.linear_4.weight", 0);
+            m->proj_ln4_b = find_weight(m, "multi_modal_projector.linear_4.bias", 0);
+        } else if (bind_linear(m, &m->proj3, "multi_modal_projector.linear_2", 0, err) != 0)
+            return -1;
+        if (activation_from_name(c->vision.hidden_act, &m->vision_act) != 0)
+            return error_set(err, "%s/config.json: vision hidden_act '%s' is not supported", m->model_dir, c->vision.hidden_act);
+        if (activation_from_name(c->projector_hidden_act, &m->projector_act) != 0)
+            return error_set(err, "%s/config.json: projector_hidden_act '%s' is not supported", m->model_dir,
+                             c->projector_hidden_act);
+    }
+    snprintf(fmt, sizeof fmt, "%smodel.embed_tokens.weight", lm);
+    m->embed_tokens = find_weight(m, fmt, 0);
+    snprintf(fmt, sizeof fmt, "%smodel.norm.weight", lm);
+    m->final_norm = find_weight(m, fmt, 0);
+    if (c->text.tie_word_embeddings) {
+        m->lm_head = (Linear){.w = m->embed_tokens, .b = NULL, .lora = NULL, .in = c->text.hidden_size,
+                              .out = c->text.vocab_size};
+    } else {
+        snprintf(fmt, sizeof fmt, "%slm_head", lm);
+        if (bind_linear(m, &m->lm_head, fmt, 0, err) != 0) return -1;
+    }
+    m->text_layers = calloc((size_t)c->text.num_hidden_layers + 1, sizeof(TextLayer));
+    if (!m->text_layers) return error_set(err, "out of memory");
+    for (int i = 0; i < c->text.num_hidden_layers; i++) {
+        TextLayer *t = &m->text_layers[i];
+        const char *parts[7] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                                "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"};
+        Linear *ls[7] = {&t->q, &t->k, &t->v, &t->o, &t->gate, &t->up, &t->down};
+        for (int j = 0; j < 7; j++) {
+            snprintf(fmt, sizeof fmt, "%smodel.layers.%%d.%s", lm, parts[j]);
+            if (bind_linear(m, ls[j], fmt, i, err) != 0) return -1;
+        }
+        snprintf(fmt, sizeof fmt, "%smodel.layers.%%d.input_layernorm.weight", lm);
+        t->norm1 = find_weight(m, fmt, i);
+        snprintf(fmt, sizeof fmt, "%smodel.layers.%%d.post_attention_layernorm.weight", lm);
+        t->norm2 = find_weight(m, fmt, i);
+    }
+    if (strcmp(c->text.hidden_act, "silu") != 0)
+        return error_set(err, "%s/config.json: text hidden_act '%s' is not supported (silu expected)", m->model_dir,
+                         c->text.hidden_act);
+    // Which parts need a backward pass at all.
+    for (int i = 0; i < m->n_weights; i++) {
+        const Weight *w = &m->weights[i];
+        if (!w->trainable) continue;
+        if (w->entry->group == PARAM_VISION) m->vision_trainable = 1;
+        if (w->entry->group == PARAM_PROJECTOR) m->projector_trainable = 1;
+    }
+    for (int i = 0; i < m->n_loras; i++) {
+        if (strncmp(m->loras[i].module, "vision_tower", 12) == 0) m->vision_trainable = 1;
+        if (strncmp(m->loras[i].module, "multi_modal_projector", 21) == 0) m->projector_trainable = 1;
+    }
+    m->embed_trainable = m->embed_tokens->trainable;
+    return 0;
+}
+
+int llava_load(const char *model_dir, const LlavaOptions *options, LlavaModel **out, Error *err) {
+    *out = NULL;
+    LlavaModel *m = calloc(1, sizeof *m);
+    if (m == NULL) return error_set(err, "out of memory");
+    m->options = *options;
+    snprintf(m->model_dir, sizeof m->model_dir, "%s", model_dir);
+    kernel_init(options->threads);
+    if (model_config_load(&m->config, model_dir, err) != 0) goto fail;
+    if (safetensors_open_dir(&m->weights_file, model_dir, NULL, err) != 0) goto fail;
+    m->projector = m->config.has_vision ? layout_detect_projector(&m->weights_file) : PROJECTOR_NONE;
+    if (m->config.has_vision && m->projector == PROJECTOR_NONE) {
+        error_set(err, "%s: no multi_modal_projector weights found", model_dir);
+        goto fail;
+    }
+    if (m->config.has_vision && m->config.text.head_dim * m->config.text.num_attention_heads <= 0) {
+        error_set(err, "%s/config.json: bad attention shape", model_dir);
+        goto fail;
+    }
+    if (m->config.text.num_key_value_heads <= 0 ||
+        m->config.text.num_attention_heads % m->config.text.num_key_value_heads != 0) {
+        error_set(err, "%s/config.json: num_attention_heads must be a multiple of num_key_value_heads", model_dir);
+        goto fail;
+    }
+    if (layout_build(&m->layout, &m->config, m->projector, err) != 0) goto fail;
+    if (layout_check(&m->layout, &m->weights_file, err) != 0) goto fail;
+    m->n_weights = m->layout.count;
+    m->weights = calloc((size_t)m->n_weights, sizeof(Weight));
+    if (m->weights == NULL) {
+        error_set(err, "out of memory");
+        goto fail;
+    }
+    for (int i = 0; i < m->n_weights; i++) {
+        m->weights[i].entry = &m->layout.entries[i];
+        m->weights[i].source = layout_lookup(&m->weights_file, m->layout.entries[i].name);
+    }
+    if (options->finetuning_type == FINETUNE_LORA && options->lora_rank <= 0) {
+        error_set(err, "lora_rank must be positive (got %d)", options->lora_rank);
+        goto fail;
+    }
+    if (llava_select_trainable(m, err) != 0) goto fail;
+    for (int i = 0; i < m->n_weights; i++)
+        if (materialize(m, &m->weights[i], err) != 0) goto fail;
+    if (wire(m, err) != 0 || build_params(m, err) != 0) goto fail;
+    rng_seed(&m->dropout_rng, options->seed ^ 0x9e3779b97f4a7c15ull);
+    *out = m;
+    return 0;
+fail:
+    llava_free(m);
+    return -1;
+}
+
+void llava_free(LlavaModel *m) {
+    if (m == NULL) return;
+    tape_clear(&m->tape);
+    free(m->tape.ptrs);
+    for (int i = 0; i < m->n_weights; i++) {
+        kernel_free(m->weights[i].owned);
+        kernel_free(m->weights[i].grad);
+    }
+    free(m->weights);
+    for (int i = 0; i < m->n_loras; i++) {
+        kernel_free(m->loras[i].A);
+        kernel_free(m->loras[i].B);
+        kernel_free(m->loras[i].dA);
+        kernel_free(m->loras[i].dB);
+    }
+    free(m->loras);
+    for (int i = 0; i < m->n_params; i++) free(m->param_names[i]);
+    free(m->param_names);
+    free(m->params);
+    free(m->vision_layers);
+    free(m->text_layers);
+    layout_free(&m->layout);
+    safetensors_close(&m->weights_file);
+    free(m);
+}
+
+const ModelConfig *llava_config(const LlavaModel *m) { return &m->config; }
+
+const ParamRef *llava_params(const LlavaModel *m, int *count) {
+    *count = m->n_params;
+    return m->params;
+}
+
+void llava_zero_grad(LlavaModel *m) {
+    for (int i = 0; i < m->n_params; i++) kernel_zero(m->params[i].grad, m->params[i].numel);
+}
+
+void llava_memory_stats(const LlavaModel *m, LlavaMemoryStats *stats) { *stats = m->stats; }
