@@ -36,6 +36,9 @@ $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
+# The tiny model's tokenizer files are embedded with .incbin.
+$(BUILD)/src/text/tiny_tokenizer.o: $(wildcard tests/data/tokenizers/yi_like/*)
+
 $(BUILD)/libvlft.a: $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^

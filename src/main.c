@@ -25,6 +25,8 @@ static const Command commands[] = {
     {"init-tiny", command_init_tiny, "write a small random LLaVA model in Hugging Face layout"},
     {"export", command_export, "merge a LoRA adapter into its base model and write HF shards"},
     {"info", command_info, "check a model folder and print its summary"},
+    {"data", command_data, "preview a recipe's encoded training samples ('data preview RECIPE.yaml')"},
+    {"tokenize", command_tokenize, "encode JSON-string lines with a model's tokenizer (tests, benchmarks)"},
     {"tensors", command_tensors, "list (or copy) the tensors of a safetensors file or folder"},
     // names starting with '_' are for tests and left out of --help
     {"_train-toy", command_train_toy, "train a toy regression model (tests)"},

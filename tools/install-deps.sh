@@ -30,3 +30,14 @@ if [ ${#missing[@]} -gt 0 ]; then
     $sudo apt-get update -q
     $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
+# Test-time reference for tokenizer.json parity: Hugging Face tokenizers in
+# pure JS (@huggingface/tokenizers, pinned by tests/npm/package-lock.json),
+# installed into tests/npm/node_modules (git-ignored). Needs node and npm.
+if ! command -v npm >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get install -y -q --no-install-recommends nodejs npm
+fi
+root=$(cd "$(dirname "$0")/.." && pwd)
+if [ ! -d "$root/tests/npm/node_modules/@huggingface/tokenizers" ]; then
+    (cd "$root/tests/npm" && npm ci --no-audit --no-fund)
+fi

@@ -8,6 +8,8 @@ enum { EXIT_OK = 0, EXIT_BAD_INPUT = 1, EXIT_USAGE = 2 };
 int command_train(int argc, char **argv);
 int command_init_tiny(int argc, char **argv);
 int command_info(int argc, char **argv);
+int command_tokenize(int argc, char **argv);
+int command_data(int argc, char **argv);
 int command_tensors(int argc, char **argv);
 int command_export(int argc, char **argv);
 // hidden, test-only: the trainer on a toy regression model

@@ -6,6 +6,7 @@
 
 #include "../base/fs.h"
 #include "../base/rng.h"
+#include "../text/tiny_tokenizer.h"
 
 void init_tiny_defaults(TinyOptions *o) {
     memset(o, 0, sizeof *o);
@@ -142,6 +143,10 @@ int init_tiny_write(const char *dir, const TinyOptions *o, Error *err) {
                  config.text.pad_token_id >= 0 ? config.text.pad_token_id : 0);
         rc = write_json_file(dir, "generation_config.json", text, err);
     }
+    // The embedded Yi-like tokenizer fits models whose image token is its
+    // <image> id (the tiny model); other shapes get no tokenizer files.
+    if (rc == 0 && config.image_token_index == TINY_TOKENIZER_IMAGE_TOKEN_ID && config.text.vocab_size > 1001)
+        rc = tiny_tokenizer_write(dir, err);
     free(refs);
     free(fills);
     layout_free(&layout);
