@@ -7,7 +7,7 @@ packages=(
     libyaml-dev libcjson-dev          # recipes, JSON configs
     libpng-dev libjpeg62-turbo-dev    # images
     libwebp-dev                       # WebP images
-    libopenblas-dev                   # CPU GEMMs
+    libopenblas-openmp-dev            # CPU GEMMs (OpenMP build: one thread pool with vlft)
     libcairo2-dev libfontconfig-dev   # loss plots (fontconfig: released after drawing)
     libopenmpi-dev openmpi-bin        # multi-process training (mpirun)
     libcriterion-dev                  # C unit tests

@@ -1,13 +1,18 @@
 // vlft train RECIPE.yaml: fine-tune as a LLaMA-Factory recipe says.
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "../train/recipe.h"
+#include "../train/sft.h"
+#include "../train/trainer.h"
 #include "commands.h"
 
 static void usage(FILE *out) {
     fprintf(out, "usage: vlft train [--print-config] RECIPE.yaml\n\n"
-                 "Runs supervised fine-tuning with LLaMA-Factory's YAML keys.\n"
+                 "Runs supervised fine-tuning with LLaMA-Factory's YAML keys (stage sft; finetuning_type lora, full\n"
+                 "or freeze). Writes the adapter or the full weights, checkpoint-N folders, trainer_log.jsonl,\n"
+                 "all_results.json and training_loss.png into output_dir.\n"
                  "--print-config  print the resolved recipe (every key, defaults filled in) and exit\n");
 }
 
@@ -49,7 +54,43 @@ int command_train(int argc, char **argv) {
         recipe_free(&recipe);
         return EXIT_OK;
     }
-    fprintf(stderr, "vlft train: %s: the training loop is not built yet (see issue 6); use --print-config\n", path);
+    // Everything that can be wrong with the recipe, the model folder or the
+    // data is found here, before the first step.
+    TrainerOptions options;
+    char resume[4096] = "";
+    SftSession session;
+    int rc = trainer_options_from_recipe(&options, &recipe, &err);
+    if (rc == 0) rc = trainer_check_output_dir(&options, resume, sizeof resume, &err);
+    if (rc == 0) rc = sft_open(&session, &recipe, stderr, &err);
+    if (rc != 0) {
+        fprintf(stderr, "vlft train: %s\n", err.message);
+        recipe_free(&recipe);
+        return EXIT_BAD_INPUT;
+    }
+    if (resume[0]) fprintf(stderr, "resuming from %s\n", resume);
+    TrainModel model = sft_train_model(&session);
+    int *train_ids = malloc(sizeof(int) * (size_t)session.dataset.train.n_samples);
+    int *eval_ids = malloc(sizeof(int) * (size_t)(session.dataset.eval.n_samples + 1));
+    for (int i = 0; i < session.dataset.train.n_samples; i++) train_ids[i] = i;
+    for (int i = 0; i < session.dataset.eval.n_samples; i++) eval_ids[i] = i;
+    rc = trainer_run(&options, &model, train_ids, session.dataset.train.n_samples, eval_ids,
+                     session.dataset.eval.n_samples, &err);
+    free(train_ids);
+    free(eval_ids);
+    sft_close(&session);
+    int exit_code = EXIT_OK;
+    if (rc < 0) {
+        fprintf(stderr, "vlft train: %s\n", err.message);
+        exit_code = EXIT_BAD_INPUT;
+    } else if (rc == TRAIN_INTERRUPTED) {
+        fprintf(stderr, "vlft train: interrupted; resume with resume_from_checkpoint: true\n");
+        exit_code = 130;
+    } else {
+        int lora = strcmp(recipe.finetuning_type, "lora") == 0;
+        printf("%s written to %s/%s\n", lora ? "adapter" : "model", recipe.output_dir,
+               lora ? "adapter_model.safetensors" : "");
+        if (recipe.plot_loss) printf("loss plot: %s/training_loss.png\n", recipe.output_dir);
+    }
     recipe_free(&recipe);
-    return EXIT_BAD_INPUT;
+    return exit_code;
 }

@@ -22,6 +22,7 @@
 #include <stdint.h>
 
 #include "../base/error.h"
+#include "../base/rng.h"
 #include "../train/params.h"
 #include "../train/recipe.h"
 #include "config.h"
@@ -111,5 +112,8 @@ int llava_save_adapter(const LlavaModel *model, const char *out_dir, const char 
 // Loads adapter_model.safetensors values into the LoRA A/B (and
 // additional_target weights) of a model loaded with matching LoRA options.
 int llava_load_adapter(LlavaModel *model, const char *adapter_dir, Error *err);
+
+// The generator LoRA dropout masks are drawn from (checkpoints save its state).
+Rng *llava_dropout_rng(LlavaModel *model);
 
 #endif

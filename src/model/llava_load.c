@@ -291,3 +291,5 @@ void llava_zero_grad(LlavaModel *m) {
 }
 
 void llava_memory_stats(const LlavaModel *m, LlavaMemoryStats *stats) { *stats = m->stats; }
+
+Rng *llava_dropout_rng(LlavaModel *model) { return &model->dropout_rng; }

@@ -201,6 +201,30 @@ static int one_update(Trainer *t, double update_loss, Error *err, int *stop) {
     return 0;
 }
 
+// Hands the model the micro-batches [first, batches_run) of this epoch's order.
+static int plan_epoch(Trainer *t, int first, int batches_run, Error *err) {
+    int batch_size = t->plan.batch_size, n_batches = batches_run - first;
+    if (n_batches <= 0) return 0;
+    int *ids = malloc(sizeof(int) * (size_t)n_batches * (size_t)batch_size);
+    int *sizes = malloc(sizeof(int) * (size_t)n_batches);
+    if (ids == NULL || sizes == NULL) {
+        free(ids);
+        free(sizes);
+        return error_set(err, "out of memory planning an epoch");
+    }
+    int count = 0;
+    for (int b = first; b < batches_run; b++) {
+        int begin = b * batch_size;
+        int n = t->n_train - begin < batch_size ? t->n_train - begin : batch_size;
+        sizes[b - first] = n;
+        for (int i = 0; i < n; i++) ids[count++] = t->train_ids[t->order[begin + i]];
+    }
+    int rc = t->model->plan_epoch(t->model->ctx, ids, sizes, n_batches, err);
+    free(ids);
+    free(sizes);
+    return rc;
+}
+
 static int train_loop(Trainer *t, int *interrupted, Error *err) {
     const TrainerOptions *o = t->opt;
     TrainModel *m = t->model;
@@ -212,6 +236,7 @@ static int train_loop(Trainer *t, int *interrupted, Error *err) {
         epoch_order(t->order, t->n_train, o->seed, epoch);
         int first = epoch == t->now.epoch ? t->now.micro : 0;
         t->now.epoch = epoch;
+        if (m->plan_epoch && plan_epoch(t, first, batches_run, err) != 0) return -1;
         for (int b = first; b < batches_run && !stop; b++) {
             int begin = b * plan->batch_size;
             int n = t->n_train - begin < plan->batch_size ? t->n_train - begin : plan->batch_size;

@@ -96,6 +96,11 @@ typedef struct {
     // trainable.safetensors, which is what resume restores; this is only
     // the fallback for a checkpoint without that file.
     int (*load_weights)(void *ctx, const char *dir, Error *err);
+    // Optional (may be NULL): told, at the start of each epoch (or of the
+    // rest of one, after a resume), the micro-batches forward_backward will
+    // be called with, in order: batch k holds batch_sizes[k] ids starting
+    // at ids[sum of the sizes before k]. Lets the model prefetch images.
+    int (*plan_epoch)(void *ctx, const int *ids, const int *batch_sizes, int n_batches, Error *err);
 } TrainModel;
 
 enum { EVAL_NO = 0, EVAL_STEPS = 1, EVAL_EPOCH = 2 };
