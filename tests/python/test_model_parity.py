@@ -200,3 +200,8 @@ def test_tied_embeddings_full_strategy_last_layer():
     stats, expected = compare(folder, "everything", (2, 1), seed=16)
     assert "language_model.model.embed_tokens.weight" in expected["grads"]
     assert "vision_tower.vision_model.encoder.layers.2.mlp.fc2.weight" in expected["grads"]
+
+
+def test_text_only_batch():
+    # No images at all (pixel_values empty): the tower and projector are skipped.
+    compare(tiny_model("yivl"), "lora_all", (0, 0), seed=17)
