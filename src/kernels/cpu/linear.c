@@ -21,12 +21,12 @@ void kernel_zero(float *p, size_t n) { memset(p, 0, n * sizeof(float)); }
 void kernel_copy(float *dst, const float *src, size_t n) { memcpy(dst, src, n * sizeof(float)); }
 
 void kernel_add(float *y, const float *x, size_t n) {
-#pragma omp parallel for simd schedule(static) if (n > 65536)
+#pragma omp parallel for simd schedule(static) if (n > KERNEL_PARALLEL_MIN)
     for (size_t i = 0; i < n; i++) y[i] += x[i];
 }
 
 void kernel_scale(float *y, float a, size_t n) {
-#pragma omp parallel for simd schedule(static) if (n > 65536)
+#pragma omp parallel for simd schedule(static) if (n > KERNEL_PARALLEL_MIN)
     for (size_t i = 0; i < n; i++) y[i] *= a;
 }
 
@@ -41,7 +41,7 @@ void linear_forward(float *y, const float *x, const float *w, const float *b, in
     // y[N,Out] = x[N,In] . w[Out,In]^T
     gemm(0, 1, N, Out, In, 1.0f, x, In, w, In, 0.0f, y, Out);
     if (b) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)N * Out > KERNEL_PARALLEL_MIN)
         for (int n = 0; n < N; n++)
             for (int o = 0; o < Out; o++) y[(size_t)n * Out + o] += b[o];
     }
@@ -54,7 +54,7 @@ void linear_backward(float *dx, int accumulate_dx, float *dw, float *db, const f
     // dw[Out,In] += dy^T[Out,N] . x[N,In]
     if (dw) gemm(1, 0, Out, In, N, 1.0f, dy, Out, x, In, 1.0f, dw, In);
     if (db) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)N * Out > KERNEL_PARALLEL_MIN)
         for (int o = 0; o < Out; o++) {
             double s = 0;
             for (int n = 0; n < N; n++) s += dy[(size_t)n * Out + o];
@@ -68,7 +68,7 @@ void lora_forward(float *y, float *u, float *dropped, const float *x, const uint
     const float *input = x;
     if (keep_mask) {
         size_t n = (size_t)N * In;
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static) if (n > KERNEL_PARALLEL_MIN)
         for (size_t i = 0; i < n; i++) dropped[i] = keep_mask[i] ? x[i] * keep_scale : 0.0f;
         input = dropped;
     }
@@ -93,7 +93,7 @@ void lora_backward(float *dx, float *dA, float *dB, float *du, const float *dy, 
     float *t = malloc((size_t)N * In * sizeof(float));
     gemm(0, 0, N, In, r, 1.0f, du, r, A, In, 0.0f, t, In);
     size_t n = (size_t)N * In;
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static) if (n > KERNEL_PARALLEL_MIN)
     for (size_t i = 0; i < n; i++) dx[i] += keep_mask[i] ? t[i] * keep_scale : 0.0f;
     free(t);
 }
