@@ -447,3 +447,35 @@ Test(kernels, attention_causal_spanning_blocks) {
     }
     pool_free(&pool);
 }
+
+// gemm splits large products over the threads, by rows or by columns of C,
+// for every transpose combination; compare with a plain triple loop.
+Test(kernels, gemm_slices_match_naive_product) {
+    Pool pool = {0};
+    kernel_init(2);
+    Rng rng;
+    rng_seed(&rng, 13);
+    int shapes[2][3] = {{210, 150, 160}, {90, 260, 200}};  // M >= N (rows), M < N (columns)
+    for (int s = 0; s < 2; s++) {
+        int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
+        float *A = prandn(&pool, (size_t)M * K, &rng, 1), *B = prandn(&pool, (size_t)K * N, &rng, 1);
+        float *C = pcalloc(&pool, (size_t)M * N, 4);
+        for (int ta = 0; ta < 2; ta++)
+            for (int tb = 0; tb < 2; tb++) {
+                // op(A)[m,k] = ta ? A[k*M + m] : A[m*K + k]; op(B)[k,n] = tb ? B[n*K + k] : B[k*N + n]
+                for (size_t i = 0; i < (size_t)M * N; i++) C[i] = 1.0f;
+                gemm(ta, tb, M, N, K, 0.5f, A, ta ? M : K, B, tb ? K : N, 2.0f, C, N);
+                double worst = 0;
+                for (int m = 0; m < M; m += 7)
+                    for (int n = 0; n < N; n += 5) {
+                        double want = 2.0;
+                        for (int k = 0; k < K; k++)
+                            want += 0.5 * (double)(ta ? A[(size_t)k * M + m] : A[(size_t)m * K + k]) *
+                                    (tb ? B[(size_t)n * K + k] : B[(size_t)k * N + n]);
+                        worst = fmax(worst, fabs(want - C[(size_t)m * N + n]));
+                    }
+                cr_expect_lt(worst, 1e-3, "shape %d trans %d%d: %g", s, ta, tb, worst);
+            }
+    }
+    pool_free(&pool);
+}

@@ -1,7 +1,8 @@
 // CPU kernels: memory, matrix products (OpenBLAS), Linear and LoRA.
 //
-// GEMMs run outside OpenMP regions so OpenBLAS's own threads and ours never
-// oversubscribe the cores; both use the count set by kernel_init.
+// One thread pool: OpenBLAS runs single-threaded and gemm() splits a product
+// into row (or column) slices over the OpenMP threads. Two pools (OpenBLAS's
+// spinning workers and OpenMP's) would fight over the same cores.
 #include <cblas.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -12,7 +13,7 @@
 void kernel_init(int threads) {
     if (threads <= 0) threads = omp_get_max_threads();
     omp_set_num_threads(threads);
-    openblas_set_num_threads(threads);
+    openblas_set_num_threads(1);
 }
 
 float *kernel_alloc(size_t n) { return calloc(n ? n : 1, sizeof(float)); }
@@ -30,11 +31,35 @@ void kernel_scale(float *y, float a, size_t n) {
     for (size_t i = 0; i < n; i++) y[i] *= a;
 }
 
+static void sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                  int ldb, float beta, float *C, int ldc) {
+    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, M, N, K,
+                alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
 void gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
           int ldb, float beta, float *C, int ldc) {
     if (M == 0 || N == 0) return;
-    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, M, N, K,
-                alpha, A, lda, B, ldb, beta, C, ldc);
+    int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+    if (threads == 1 || (double)M * N * K < 4e6) {
+        sgemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    // Slice the longer side of C; each slice is an independent product.
+    int by_rows = M >= N, extent = by_rows ? M : N;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int t = 0; t < threads; t++) {
+        int begin = (int)((long)extent * t / threads), end = (int)((long)extent * (t + 1) / threads);
+        if (begin == end) continue;
+        if (by_rows) {
+            // Rows [begin, end) of op(A): rows of A, or columns of A when transposed.
+            const float *a = trans_a ? A + begin : A + (size_t)begin * lda;
+            sgemm(trans_a, trans_b, end - begin, N, K, alpha, a, lda, B, ldb, beta, C + (size_t)begin * ldc, ldc);
+        } else {
+            const float *b = trans_b ? B + (size_t)begin * ldb : B + begin;
+            sgemm(trans_a, trans_b, M, end - begin, K, alpha, A, lda, b, ldb, beta, C + begin, ldc);
+        }
+    }
 }
 
 void linear_forward(float *y, const float *x, const float *w, const float *b, int N, int In, int Out) {
