@@ -163,8 +163,8 @@ def main():
     print(f"vlft memory: activations peak {stats['activations_peak'] / mib:.1f} MiB, kept for backward "
           f"{stats['activations_kept_total'] / mib:.1f} MiB of which vision tower {stats['activations_kept_vision'] / mib:.1f} MiB; "
           f"weights mapped {stats['weights_mapped'] / mib:.0f} MiB, owned {stats['weights_owned'] / mib:.0f} MiB, "
-          f"grads {stats['grads'] / mib:.0f} MiB; process max RSS {stats['max_rss'] / mib:.0f} MiB")
-    print(f"torch process max RSS {torch_rss / mib:.0f} MiB")
+          f"grads {stats['grads'] / mib:.0f} MiB; process peak RSS (VmHWM) {stats['max_rss'] / mib:.0f} MiB")
+    print(f"torch: bench process peak RSS {torch_rss / mib:.0f} MiB (includes the Python loader's copy of the weights)")
 
 
 if __name__ == "__main__":

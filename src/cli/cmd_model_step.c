@@ -4,7 +4,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <time.h>
 
 #include "../io/safetensors.h"
@@ -84,6 +83,19 @@ static double cpu_seconds(void) {
     struct timespec ts;
     clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+// Peak resident memory of this process image (VmHWM). getrusage's ru_maxrss
+// would also count the parent's memory from before exec.
+static long peak_rss_bytes(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    if (f == NULL) return -1;
+    char line[256];
+    long kib = -1;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "VmHWM: %ld kB", &kib) == 1) break;
+    fclose(f);
+    return kib < 0 ? -1 : kib * 1024;
 }
 
 static double now_seconds(void) {
@@ -260,13 +272,11 @@ int command_model_step(int argc, char **argv) {
     LlavaMemoryStats ms;
     llava_memory_stats(model, &ms);
     if (rc == EXIT_OK) {
-        struct rusage ru;
-        getrusage(RUSAGE_SELF, &ru);
         printf("{\"loss\": %.9g, \"step_seconds\": %.6f, \"step_seconds_min\": %.6f, \"step_cpu_seconds_min\": %.6f, \"load_seconds\": %.3f, \"repeat\": %d, "
                "\"activations_peak\": %zu, \"activations_kept_vision\": %zu, \"activations_kept_total\": %zu, "
                "\"weights_owned\": %zu, \"weights_mapped\": %zu, \"grads\": %zu, \"max_rss\": %ld}\n",
                loss, step_seconds / repeat, step_min, cpu_min, load_seconds, repeat, ms.activations_peak, ms.activations_kept_vision,
-               ms.activations_kept_total, ms.weights_owned, ms.weights_mapped, ms.grads, ru.ru_maxrss * 1024L);
+               ms.activations_kept_total, ms.weights_owned, ms.weights_mapped, ms.grads, peak_rss_bytes());
     }
     if (rc == EXIT_OK && positional[2] && write_results(model, &bf, positional[2], loss, &err) != 0) rc = EXIT_BAD_INPUT;
     if (rc == EXIT_OK && save_full && llava_save_full(model, save_full, 0, &err) != 0) rc = EXIT_BAD_INPUT;
