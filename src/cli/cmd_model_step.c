@@ -162,7 +162,6 @@ int command_model_step(int argc, char **argv) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         int bad = 0, iv = 0;
-        double dv = 0;
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
             usage(stdout);
             return EXIT_OK;
@@ -218,7 +217,6 @@ int command_model_step(int argc, char **argv) {
             fprintf(stderr, "vlft model-step: unknown option '%s'\n", a);
             return EXIT_USAGE;
         }
-        (void)dv;
         if (bad) {
             fprintf(stderr, "vlft model-step: bad value '%s' for %s\n", v, a);
             return EXIT_USAGE;
