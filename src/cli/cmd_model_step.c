@@ -4,7 +4,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <time.h>
 
 #include "../io/safetensors.h"
@@ -78,6 +77,27 @@ static void free_batch(BatchFile *bf) {
     safetensors_close(&bf->st);
 }
 
+// CPU time of the whole process (all threads): less sensitive than wall time
+// to other work on a shared machine.
+static double cpu_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+// Peak resident memory of this process image (VmHWM). getrusage's ru_maxrss
+// would also count the parent's memory from before exec.
+static long peak_rss_bytes(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    if (f == NULL) return -1;
+    char line[256];
+    long kib = -1;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "VmHWM: %ld kB", &kib) == 1) break;
+    fclose(f);
+    return kib < 0 ? -1 : kib * 1024;
+}
+
 static double now_seconds(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -142,7 +162,6 @@ int command_model_step(int argc, char **argv) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         int bad = 0, iv = 0;
-        double dv = 0;
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
             usage(stdout);
             return EXIT_OK;
@@ -198,7 +217,6 @@ int command_model_step(int argc, char **argv) {
             fprintf(stderr, "vlft model-step: unknown option '%s'\n", a);
             return EXIT_USAGE;
         }
-        (void)dv;
         if (bad) {
             fprintf(stderr, "vlft model-step: bad value '%s' for %s\n", v, a);
             return EXIT_USAGE;
@@ -237,13 +255,14 @@ int command_model_step(int argc, char **argv) {
         return EXIT_BAD_INPUT;
     }
     int rc = EXIT_OK;
-    double loss = 0, step_seconds = 0, step_min = 0;
+    double loss = 0, step_seconds = 0, step_min = 0, cpu_min = 0;
     for (int r = 0; r < repeat && rc == EXIT_OK; r++) {
         llava_zero_grad(model);
-        double s0 = now_seconds();
+        double s0 = now_seconds(), c0 = cpu_seconds();
         int fail = n_params ? llava_forward_backward(model, &bf.batch, (float)grad_scale, &loss, &err)
                             : llava_forward_loss(model, &bf.batch, &loss, NULL, &err);
-        double seconds = now_seconds() - s0;
+        double seconds = now_seconds() - s0, cpu = cpu_seconds() - c0;
+        if (r == 0 || cpu < cpu_min) cpu_min = cpu;
         step_seconds += seconds;
         if (r == 0 || seconds < step_min) step_min = seconds;
         if (fail) rc = EXIT_BAD_INPUT;
@@ -251,13 +270,11 @@ int command_model_step(int argc, char **argv) {
     LlavaMemoryStats ms;
     llava_memory_stats(model, &ms);
     if (rc == EXIT_OK) {
-        struct rusage ru;
-        getrusage(RUSAGE_SELF, &ru);
-        printf("{\"loss\": %.9g, \"step_seconds\": %.6f, \"step_seconds_min\": %.6f, \"load_seconds\": %.3f, \"repeat\": %d, "
+        printf("{\"loss\": %.9g, \"step_seconds\": %.6f, \"step_seconds_min\": %.6f, \"step_cpu_seconds_min\": %.6f, \"load_seconds\": %.3f, \"repeat\": %d, "
                "\"activations_peak\": %zu, \"activations_kept_vision\": %zu, \"activations_kept_total\": %zu, "
                "\"weights_owned\": %zu, \"weights_mapped\": %zu, \"grads\": %zu, \"max_rss\": %ld}\n",
-               loss, step_seconds / repeat, step_min, load_seconds, repeat, ms.activations_peak, ms.activations_kept_vision,
-               ms.activations_kept_total, ms.weights_owned, ms.weights_mapped, ms.grads, ru.ru_maxrss * 1024L);
+               loss, step_seconds / repeat, step_min, cpu_min, load_seconds, repeat, ms.activations_peak, ms.activations_kept_vision,
+               ms.activations_kept_total, ms.weights_owned, ms.weights_mapped, ms.grads, peak_rss_bytes());
     }
     if (rc == EXIT_OK && positional[2] && write_results(model, &bf, positional[2], loss, &err) != 0) rc = EXIT_BAD_INPUT;
     if (rc == EXIT_OK && save_full && llava_save_full(model, save_full, 0, &err) != 0) rc = EXIT_BAD_INPUT;

@@ -18,6 +18,10 @@
 
 #define KERNEL_IGNORE_INDEX (-100)
 
+// Loops over fewer elements than this run on one thread: waking the other
+// threads costs more than the work (and much more on a busy machine).
+#define KERNEL_PARALLEL_MIN ((size_t)1 << 17)
+
 // --- memory and setup ---------------------------------------------------
 
 // Sets the thread count used by the kernels (OpenMP and BLAS). 0 = the

@@ -90,11 +90,20 @@ void llava_free(LlavaModel *model);
 const ModelConfig *llava_config(const LlavaModel *model);
 
 // Trainable tensors (LoRA A/B and fully trained weights); valid until llava_free.
+// Names: the checkpoint's own tensor names for full/freeze training (classic
+// "language_model.model..." or newer "model.language_model..." as the folder
+// has them); PEFT's "base_model.model.<module>.lora_A.weight" / ".lora_B.weight"
+// for LoRA and "base_model.model.<classic name>" for additional_target weights.
+// value is the fp32 master the forward reads, so optimizer updates take effect
+// at the next step. Tensors the forward never reaches (vision layers past
+// vision_feature_layer) are never listed.
 const ParamRef *llava_params(const LlavaModel *model, int *count);
 void llava_zero_grad(LlavaModel *model);
 
 // Forward + backward: *loss = mean cross-entropy over the batch's non-ignored
 // shifted labels; gradients of grad_scale * loss are ADDED to the grads.
+// A batch without any counted label gives loss 0 and adds nothing (PyTorch
+// would give NaN). Threads: the count given to llava_load (options.threads).
 int llava_forward_backward(LlavaModel *model, const LlavaBatch *batch, float grad_scale, double *loss, Error *err);
 // Loss only (no gradients, no activations kept). *n_tokens = labels counted.
 int llava_forward_loss(LlavaModel *model, const LlavaBatch *batch, double *loss, int *n_tokens, Error *err);

@@ -33,8 +33,12 @@ typedef struct {
 
 static float *buf(Pass *p, size_t n) {
     if (p->keep) return tape_keep(&p->m->tape, n, p->vision);
+    if (p->scratch.count == 40) {  // a layer never needs this many; refuse rather than leak
+        p->m->tape.failed = 1;
+        return NULL;
+    }
     float *x = tape_scratch(&p->m->tape, n);
-    if (x && p->scratch.count < 40) {
+    if (x) {
         p->scratch.ptr[p->scratch.count] = x;
         p->scratch.n[p->scratch.count++] = n;
     }

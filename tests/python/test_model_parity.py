@@ -200,3 +200,42 @@ def test_tied_embeddings_full_strategy_last_layer():
     stats, expected = compare(folder, "everything", (2, 1), seed=16)
     assert "language_model.model.embed_tokens.weight" in expected["grads"]
     assert "vision_tower.vision_model.encoder.layers.2.mlp.fc2.weight" in expected["grads"]
+
+
+def test_text_only_batch():
+    # No images at all (pixel_values empty): the tower and projector are skipped.
+    compare(tiny_model("yivl"), "lora_all", (0, 0), seed=17)
+
+
+def converted_model(projector, convert):
+    """A copy of a tiny model whose tensors pass through convert(name, array) -> (name, array)."""
+    source = tiny_model(projector)
+    folder = os.path.join(tempdir(), "converted")
+    os.makedirs(folder)
+    with open(os.path.join(source, "config.json")) as f, open(os.path.join(folder, "config.json"), "w") as g:
+        g.write(f.read())
+    tensors = dict(convert(k, v) for k, v in read_model_folder(source).items())
+    write_safetensors(os.path.join(folder, "model.safetensors"), tensors)
+    return folder
+
+
+def test_f16_checkpoint():
+    folder = converted_model("llava", lambda k, v: (k, v.astype(np.float16)))
+    compare(folder, "everything", (1, 1), seed=18)
+
+
+def newer_name(name):
+    for old, new in (("language_model.model.", "model.language_model."), ("vision_tower.", "model.vision_tower."),
+                     ("multi_modal_projector.", "model.multi_modal_projector.")):
+        if name.startswith(old):
+            return new + name[len(old):]
+    return "lm_head.weight" if name == "language_model.lm_head.weight" else name
+
+
+def test_newer_transformers_names():
+    # model.language_model.* / model.vision_tower.* / lm_head.weight: loaded, and
+    # fully trained tensors keep the checkpoint's own names.
+    folder = converted_model("yivl", lambda k, v: (newer_name(k), v))
+    stats, expected = compare(folder, "everything", (1, 1), seed=19)
+    assert "lm_head.weight" in expected["grads"]
+    assert all(n.startswith(("model.", "lm_head")) for n in expected["grads"])

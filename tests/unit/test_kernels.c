@@ -391,3 +391,91 @@ Test(kernels, cross_entropy_backward_with_ignore) {
     cr_expect_float_eq(total, row0 + rest, 1e-4);
     pool_free(&pool);
 }
+
+// Long causal sequences go in blocks of query rows: check values and a sample
+// of gradient coordinates across block boundaries.
+Test(kernels, attention_causal_spanning_blocks) {
+    Pool pool = {0};
+    kernel_init(1);  // many tiny calls: thread start-up would dominate
+    Rng rng;
+    rng_seed(&rng, 12);
+    int B = 1, L = 300, Hq = 2, Hkv = 1, D = 4;
+    int32_t *mask = pmalloc(&pool, sizeof(int32_t) * L);
+    for (int j = 0; j < L; j++) mask[j] = j < L - 10;
+    size_t nq = (size_t)B * L * Hq * D, nk = (size_t)B * L * Hkv * D;
+    Case c = {.forward = attention_fw, .n_out = nq, .i0 = B, .i1 = L, .i2 = Hq, .i3 = Hkv, .i4 = D, .i5 = 1,
+              .mask = mask};
+    c.R = prandn(&pool, nq, &rng, 1), c.a = prandn(&pool, nq, &rng, 1), c.b = prandn(&pool, nk, &rng, 1);
+    c.c = prandn(&pool, nk, &rng, 1);
+    float *out = pcalloc(&pool, nq, 4), *lse = pcalloc(&pool, (size_t)B * Hq * L, 4);
+    attention_forward(out, lse, c.a, c.b, c.c, mask, B, L, Hq, Hkv, D, 1, 0.4f);
+    // Value of row 250 (third block), head 1, against a direct softmax.
+    int i = 250, h = 1;
+    double m = -1e30, s = 0, *w = pcalloc(&pool, L, sizeof(double));
+    for (int j = 0; j <= i; j++) {
+        double d = 0;
+        for (int e = 0; e < D; e++) d += (double)c.a[((size_t)i * Hq + h) * D + e] * c.b[(size_t)j * D + e];
+        w[j] = 0.4 * d;
+        if (w[j] > m) m = w[j];
+    }
+    for (int j = 0; j <= i; j++) s += (w[j] = exp(w[j] - m));
+    for (int e = 0; e < D; e++) {
+        double want = 0;
+        for (int j = 0; j <= i; j++) want += w[j] / s * c.c[(size_t)j * D + e];
+        cr_expect_float_eq(out[((size_t)i * Hq + h) * D + e], want, 1e-5);
+    }
+    float *dq = pcalloc(&pool, nq, 4), *dk = pcalloc(&pool, nk, 4), *dv = pcalloc(&pool, nk, 4);
+    attention_backward(dq, dk, dv, c.R, out, lse, c.a, c.b, c.c, mask, B, L, Hq, Hkv, D, 1, 0.4f);
+    float *inputs[3] = {c.a, c.b, c.c}, *grads[3] = {dq, dk, dv};
+    size_t sizes[3] = {nq, nk, nk};
+    for (int t = 0; t < 3; t++) {
+        double num = 0, den = 0;
+        for (int k = 0; k < 25; k++) {
+            size_t idx = (size_t)rng_below(&rng, sizes[t]);
+            float saved = inputs[t][idx];
+            inputs[t][idx] = saved + 1e-2f;
+            double plus = objective(&c);
+            inputs[t][idx] = saved - 1e-2f;
+            double minus = objective(&c);
+            inputs[t][idx] = saved;
+            double fd = (plus - minus) / 2e-2;
+            num += (fd - grads[t][idx]) * (fd - grads[t][idx]);
+            den += fd * fd + grads[t][idx] * grads[t][idx];
+        }
+        cr_expect(den > 0);
+        cr_expect_lt(sqrt(num / den), TOL, "input %d", t);
+    }
+    pool_free(&pool);
+}
+
+// gemm splits large products over the threads, by rows or by columns of C,
+// for every transpose combination; compare with a plain triple loop.
+Test(kernels, gemm_slices_match_naive_product) {
+    Pool pool = {0};
+    kernel_init(2);
+    Rng rng;
+    rng_seed(&rng, 13);
+    int shapes[2][3] = {{210, 150, 160}, {90, 260, 200}};  // M >= N (rows), M < N (columns)
+    for (int s = 0; s < 2; s++) {
+        int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
+        float *A = prandn(&pool, (size_t)M * K, &rng, 1), *B = prandn(&pool, (size_t)K * N, &rng, 1);
+        float *C = pcalloc(&pool, (size_t)M * N, 4);
+        for (int ta = 0; ta < 2; ta++)
+            for (int tb = 0; tb < 2; tb++) {
+                // op(A)[m,k] = ta ? A[k*M + m] : A[m*K + k]; op(B)[k,n] = tb ? B[n*K + k] : B[k*N + n]
+                for (size_t i = 0; i < (size_t)M * N; i++) C[i] = 1.0f;
+                gemm(ta, tb, M, N, K, 0.5f, A, ta ? M : K, B, tb ? K : N, 2.0f, C, N);
+                double worst = 0;
+                for (int m = 0; m < M; m += 7)
+                    for (int n = 0; n < N; n += 5) {
+                        double want = 2.0;
+                        for (int k = 0; k < K; k++)
+                            want += 0.5 * (double)(ta ? A[(size_t)k * M + m] : A[(size_t)m * K + k]) *
+                                    (tb ? B[(size_t)n * K + k] : B[(size_t)k * N + n]);
+                        worst = fmax(worst, fabs(want - C[(size_t)m * N + n]));
+                    }
+                cr_expect_lt(worst, 1e-3, "shape %d trans %d%d: %g", s, ta, tb, worst);
+            }
+    }
+    pool_free(&pool);
+}

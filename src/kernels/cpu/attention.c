@@ -15,7 +15,7 @@ static void rope_apply(float *x, int B, int L, int H, int D, float theta, float 
     int half = D / 2;
     float *inv_freq = malloc(sizeof(float) * (size_t)half);
     for (int i = 0; i < half; i++) inv_freq[i] = (float)(1.0 / pow((double)theta, (double)(2 * i) / D));
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)B * L * H * D > KERNEL_PARALLEL_MIN)
     for (int row = 0; row < B * L; row++) {
         int t = row % L;
         for (int i = 0; i < half; i++) {
@@ -50,45 +50,54 @@ static inline int key_visible(const int32_t *key_mask, int b, int L, int i, int 
 
 // Attention runs one (batch, head) at a time as matrix products on OpenBLAS
 // (the products are where the time goes), with the row-wise softmax between
-// them spread over the cores. S and P are [L, L] scratch, never kept.
+// them spread over the cores. Causal attention goes in blocks of query rows,
+// each against only the keys it can see, which skips most of the masked
+// upper triangle. S and P are [block, L] scratch, never kept.
+enum { ATTENTION_BLOCK = 128 };
 
 void attention_forward(float *out, float *lse, const float *q, const float *k, const float *v, const int32_t *key_mask,
                        int B, int L, int Hq, int Hkv, int D, int causal, float scale) {
     int group = Hq / Hkv, qs = Hq * D, ks = Hkv * D;
-    float *S = malloc(sizeof(float) * (size_t)L * L);
+    int block = causal ? ATTENTION_BLOCK : L;
+    float *S = malloc(sizeof(float) * (size_t)(block < L ? block : L) * L);
     if (S == NULL) return;
     for (int b = 0; b < B; b++) {
         for (int h = 0; h < Hq; h++) {
             int g = h / group;
-            const float *Q = q + (size_t)b * L * qs + (size_t)h * D;
             const float *K = k + (size_t)b * L * ks + (size_t)g * D;
             const float *V = v + (size_t)b * L * ks + (size_t)g * D;
-            float *O = out + (size_t)b * L * qs + (size_t)h * D;
             float *row_lse = lse + ((size_t)b * Hq + h) * L;
-            gemm(0, 1, L, L, D, scale, Q, qs, K, ks, 0.0f, S, L);  // S = scale Q K^T
-#pragma omp parallel for schedule(static)
-            for (int i = 0; i < L; i++) {
-                float *row = S + (size_t)i * L;
-                float m = -INFINITY;
-                for (int j = 0; j < L; j++) {
-                    if (!key_visible(key_mask, b, L, i, j, causal)) row[j] = -INFINITY;
-                    else if (row[j] > m) m = row[j];
+            for (int r0 = 0; r0 < L; r0 += block) {
+                int rows = L - r0 < block ? L - r0 : block;
+                int n = causal ? r0 + rows : L;  // keys this block can see
+                const float *Q = q + ((size_t)b * L + r0) * qs + (size_t)h * D;
+                float *O = out + ((size_t)b * L + r0) * qs + (size_t)h * D;
+                gemm(0, 1, rows, n, D, scale, Q, qs, K, ks, 0.0f, S, n);  // S = scale Q K^T
+#pragma omp parallel for schedule(static) if ((size_t)rows * n > KERNEL_PARALLEL_MIN)
+                for (int ii = 0; ii < rows; ii++) {
+                    int i = r0 + ii;
+                    float *row = S + (size_t)ii * n;
+                    float m = -INFINITY;
+                    for (int j = 0; j < n; j++) {
+                        if (!key_visible(key_mask, b, L, i, j, causal)) row[j] = -INFINITY;
+                        else if (row[j] > m) m = row[j];
+                    }
+                    if (m == -INFINITY) {  // nothing visible: zero output
+                        for (int j = 0; j < n; j++) row[j] = 0.0f;
+                        row_lse[i] = INFINITY;
+                        continue;
+                    }
+                    double sum = 0;
+                    for (int j = 0; j < n; j++) {
+                        row[j] = row[j] == -INFINITY ? 0.0f : expf(row[j] - m);
+                        sum += row[j];
+                    }
+                    float inv = (float)(1.0 / sum);
+                    for (int j = 0; j < n; j++) row[j] *= inv;
+                    row_lse[i] = m + (float)log(sum);
                 }
-                if (m == -INFINITY) {  // nothing visible: zero output
-                    for (int j = 0; j < L; j++) row[j] = 0.0f;
-                    row_lse[i] = INFINITY;
-                    continue;
-                }
-                double sum = 0;
-                for (int j = 0; j < L; j++) {
-                    row[j] = row[j] == -INFINITY ? 0.0f : expf(row[j] - m);
-                    sum += row[j];
-                }
-                float inv = (float)(1.0 / sum);
-                for (int j = 0; j < L; j++) row[j] *= inv;
-                row_lse[i] = m + (float)log(sum);
+                gemm(0, 0, rows, D, n, 1.0f, S, n, V, ks, 0.0f, O, qs);  // O = P V
             }
-            gemm(0, 0, L, D, L, 1.0f, S, L, V, ks, 0.0f, O, qs);  // O = P V
         }
     }
     free(S);
@@ -98,7 +107,9 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
                         const float *q, const float *k, const float *v, const int32_t *key_mask, int B, int L, int Hq,
                         int Hkv, int D, int causal, float scale) {
     int group = Hq / Hkv, qs = Hq * D, ks = Hkv * D;
-    float *P = malloc(sizeof(float) * (size_t)L * L), *dS = malloc(sizeof(float) * (size_t)L * L);
+    int block = causal ? ATTENTION_BLOCK : L;
+    size_t scratch = (size_t)(block < L ? block : L) * L;
+    float *P = malloc(sizeof(float) * scratch), *dS = malloc(sizeof(float) * scratch);
     if (P == NULL || dS == NULL) {
         free(P);
         free(dS);
@@ -111,34 +122,38 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
         }
         for (int h = 0; h < Hq; h++) {
             int g = h / group;
-            const float *Q = q + (size_t)b * L * qs + (size_t)h * D;
             const float *K = k + (size_t)b * L * ks + (size_t)g * D;
             const float *V = v + (size_t)b * L * ks + (size_t)g * D;
-            const float *O = out + (size_t)b * L * qs + (size_t)h * D;
-            const float *dO = dout + (size_t)b * L * qs + (size_t)h * D;
-            float *dQ = dq + (size_t)b * L * qs + (size_t)h * D;
             float *dK = dk + (size_t)b * L * ks + (size_t)g * D;
             float *dV = dv + (size_t)b * L * ks + (size_t)g * D;
             const float *row_lse = lse + ((size_t)b * Hq + h) * L;
-            gemm(0, 1, L, L, D, scale, Q, qs, K, ks, 0.0f, P, L);   // S again
-            gemm(0, 1, L, L, D, 1.0f, dO, qs, V, ks, 0.0f, dS, L);  // dP = dO V^T
-#pragma omp parallel for schedule(static)
-            for (int i = 0; i < L; i++) {
-                float *p = P + (size_t)i * L, *ds = dS + (size_t)i * L;
-                if (row_lse[i] == INFINITY) {
-                    for (int j = 0; j < L; j++) p[j] = ds[j] = 0.0f;
-                    continue;
+            for (int r0 = 0; r0 < L; r0 += block) {
+                int rows = L - r0 < block ? L - r0 : block;
+                int n = causal ? r0 + rows : L;
+                size_t at = ((size_t)b * L + r0) * qs + (size_t)h * D;
+                const float *Q = q + at, *O = out + at, *dO = dout + at;
+                float *dQ = dq + at;
+                gemm(0, 1, rows, n, D, scale, Q, qs, K, ks, 0.0f, P, n);   // S again
+                gemm(0, 1, rows, n, D, 1.0f, dO, qs, V, ks, 0.0f, dS, n);  // dP = dO V^T
+#pragma omp parallel for schedule(static) if ((size_t)rows * n > KERNEL_PARALLEL_MIN)
+                for (int ii = 0; ii < rows; ii++) {
+                    int i = r0 + ii;
+                    float *p = P + (size_t)ii * n, *ds = dS + (size_t)ii * n;
+                    if (row_lse[i] == INFINITY) {
+                        for (int j = 0; j < n; j++) p[j] = ds[j] = 0.0f;
+                        continue;
+                    }
+                    // delta_i = sum_j P_ij dP_ij = dO_i . O_i
+                    float delta = dot(dO + (size_t)ii * qs, O + (size_t)ii * qs, D);
+                    for (int j = 0; j < n; j++) {
+                        p[j] = key_visible(key_mask, b, L, i, j, causal) ? expf(p[j] - row_lse[i]) : 0.0f;
+                        ds[j] = p[j] * (ds[j] - delta) * scale;
+                    }
                 }
-                // delta_i = sum_j P_ij dP_ij = dO_i . O_i
-                float delta = dot(dO + (size_t)i * qs, O + (size_t)i * qs, D);
-                for (int j = 0; j < L; j++) {
-                    p[j] = key_visible(key_mask, b, L, i, j, causal) ? expf(p[j] - row_lse[i]) : 0.0f;
-                    ds[j] = p[j] * (ds[j] - delta) * scale;
-                }
+                gemm(0, 0, rows, D, n, 1.0f, dS, n, K, ks, 0.0f, dQ, qs);  // dQ = dS K
+                gemm(1, 0, n, D, rows, 1.0f, dS, n, Q, qs, 1.0f, dK, ks);  // dK += dS^T Q
+                gemm(1, 0, n, D, rows, 1.0f, P, n, dO, qs, 1.0f, dV, ks);  // dV += P^T dO
             }
-            gemm(0, 0, L, D, L, 1.0f, dS, L, K, ks, 0.0f, dQ, qs);  // dQ = dS K
-            gemm(1, 0, L, D, L, 1.0f, dS, L, Q, qs, 1.0f, dK, ks);  // dK += dS^T Q
-            gemm(1, 0, L, D, L, 1.0f, P, L, dO, qs, 1.0f, dV, ks);  // dV += P^T dO
         }
     }
     free(P);

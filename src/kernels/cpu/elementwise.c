@@ -58,22 +58,22 @@ static inline float act_derivative(float x, Activation act) {
 }
 
 void activation_forward(float *y, const float *x, size_t n, Activation act) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n > KERNEL_PARALLEL_MIN)
     for (size_t i = 0; i < n; i++) y[i] = act_value(x[i], act);
 }
 
 void activation_backward(float *dx, const float *dy, const float *x, size_t n, Activation act) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n > KERNEL_PARALLEL_MIN)
     for (size_t i = 0; i < n; i++) dx[i] = dy[i] * act_derivative(x[i], act);
 }
 
 void swiglu_forward(float *h, const float *gate, const float *up, size_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n > KERNEL_PARALLEL_MIN)
     for (size_t i = 0; i < n; i++) h[i] = gate[i] * sigmoidf(gate[i]) * up[i];
 }
 
 void swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate, const float *up, size_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n > KERNEL_PARALLEL_MIN)
     for (size_t i = 0; i < n; i++) {
         float s = sigmoidf(gate[i]);
         float silu = gate[i] * s;
@@ -83,7 +83,7 @@ void swiglu_backward(float *dgate, float *dup, const float *dh, const float *gat
 }
 
 void embedding_forward(float *out, const float *table, const int32_t *ids, const uint8_t *skip, int N, int C) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)N * C > KERNEL_PARALLEL_MIN)
     for (int i = 0; i < N; i++)
         if (!skip || !skip[i]) memcpy(out + (size_t)i * C, table + (size_t)ids[i] * C, sizeof(float) * (size_t)C);
 }
@@ -99,18 +99,18 @@ void embedding_backward(float *dtable, const float *dout, const int32_t *ids, co
 }
 
 void rows_scatter(float *dst, const int32_t *index, const float *src, int n, int C) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)n * C > KERNEL_PARALLEL_MIN)
     for (int i = 0; i < n; i++) memcpy(dst + (size_t)index[i] * C, src + (size_t)i * C, sizeof(float) * (size_t)C);
 }
 
 void rows_gather(float *dst, const float *src, const int32_t *index, int n, int C) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)n * C > KERNEL_PARALLEL_MIN)
     for (int i = 0; i < n; i++) memcpy(dst + (size_t)i * C, src + (size_t)index[i] * C, sizeof(float) * (size_t)C);
 }
 
 void patches_from_pixels(float *patches, const float *pixels, int n, int channels, int S, int p) {
     int G = S / p, K = channels * p * p;
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if ((size_t)n * G * G * K > KERNEL_PARALLEL_MIN)
     for (int img = 0; img < n; img++) {
         for (int cell = 0; cell < G * G; cell++) {
             int gy = cell / G, gx = cell % G;
@@ -127,7 +127,7 @@ void patches_from_pixels(float *patches, const float *pixels, int n, int channel
 void vision_embed_forward(float *out, const float *patch_embeds, const float *class_embedding, const float *pos, int n,
                           int P, int C) {
     int T = P + 1;
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if ((size_t)n * T * C > KERNEL_PARALLEL_MIN)
     for (int img = 0; img < n; img++) {
         for (int t = 0; t < T; t++) {
             float *dst = out + ((size_t)img * T + t) * C;
@@ -141,14 +141,14 @@ void vision_embed_forward(float *out, const float *patch_embeds, const float *cl
 void vision_embed_backward(float *dpatch, float *dclass, float *dpos, const float *dout, int n, int P, int C) {
     int T = P + 1;
     if (dpatch) {
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if ((size_t)n * P * C > KERNEL_PARALLEL_MIN)
         for (int img = 0; img < n; img++)
             for (int t = 1; t < T; t++)
                 memcpy(dpatch + ((size_t)img * P + t - 1) * C, dout + ((size_t)img * T + t) * C,
                        sizeof(float) * (size_t)C);
     }
     if (dpos || dclass) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)n * T * C > KERNEL_PARALLEL_MIN)
         for (int c = 0; c < C; c++) {
             for (int t = 0; t < T; t++) {
                 double s = 0;

@@ -1,7 +1,8 @@
 // CPU kernels: memory, matrix products (OpenBLAS), Linear and LoRA.
 //
-// GEMMs run outside OpenMP regions so OpenBLAS's own threads and ours never
-// oversubscribe the cores; both use the count set by kernel_init.
+// One thread pool: OpenBLAS runs single-threaded and gemm() splits a product
+// into row (or column) slices over the OpenMP threads. Two pools (OpenBLAS's
+// spinning workers and OpenMP's) would fight over the same cores.
 #include <cblas.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -12,7 +13,7 @@
 void kernel_init(int threads) {
     if (threads <= 0) threads = omp_get_max_threads();
     omp_set_num_threads(threads);
-    openblas_set_num_threads(threads);
+    openblas_set_num_threads(1);
 }
 
 float *kernel_alloc(size_t n) { return calloc(n ? n : 1, sizeof(float)); }
@@ -21,27 +22,51 @@ void kernel_zero(float *p, size_t n) { memset(p, 0, n * sizeof(float)); }
 void kernel_copy(float *dst, const float *src, size_t n) { memcpy(dst, src, n * sizeof(float)); }
 
 void kernel_add(float *y, const float *x, size_t n) {
-#pragma omp parallel for simd schedule(static) if (n > 65536)
+#pragma omp parallel for simd schedule(static) if (n > KERNEL_PARALLEL_MIN)
     for (size_t i = 0; i < n; i++) y[i] += x[i];
 }
 
 void kernel_scale(float *y, float a, size_t n) {
-#pragma omp parallel for simd schedule(static) if (n > 65536)
+#pragma omp parallel for simd schedule(static) if (n > KERNEL_PARALLEL_MIN)
     for (size_t i = 0; i < n; i++) y[i] *= a;
+}
+
+static void sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                  int ldb, float beta, float *C, int ldc) {
+    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, M, N, K,
+                alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 void gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
           int ldb, float beta, float *C, int ldc) {
     if (M == 0 || N == 0) return;
-    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, M, N, K,
-                alpha, A, lda, B, ldb, beta, C, ldc);
+    int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+    if (threads == 1 || (double)M * N * K < 4e6) {
+        sgemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    // Slice the longer side of C; each slice is an independent product.
+    int by_rows = M >= N, extent = by_rows ? M : N;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int t = 0; t < threads; t++) {
+        int begin = (int)((long)extent * t / threads), end = (int)((long)extent * (t + 1) / threads);
+        if (begin == end) continue;
+        if (by_rows) {
+            // Rows [begin, end) of op(A): rows of A, or columns of A when transposed.
+            const float *a = trans_a ? A + begin : A + (size_t)begin * lda;
+            sgemm(trans_a, trans_b, end - begin, N, K, alpha, a, lda, B, ldb, beta, C + (size_t)begin * ldc, ldc);
+        } else {
+            const float *b = trans_b ? B + (size_t)begin * ldb : B + begin;
+            sgemm(trans_a, trans_b, M, end - begin, K, alpha, A, lda, b, ldb, beta, C + begin, ldc);
+        }
+    }
 }
 
 void linear_forward(float *y, const float *x, const float *w, const float *b, int N, int In, int Out) {
     // y[N,Out] = x[N,In] . w[Out,In]^T
     gemm(0, 1, N, Out, In, 1.0f, x, In, w, In, 0.0f, y, Out);
     if (b) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)N * Out > KERNEL_PARALLEL_MIN)
         for (int n = 0; n < N; n++)
             for (int o = 0; o < Out; o++) y[(size_t)n * Out + o] += b[o];
     }
@@ -54,7 +79,7 @@ void linear_backward(float *dx, int accumulate_dx, float *dw, float *db, const f
     // dw[Out,In] += dy^T[Out,N] . x[N,In]
     if (dw) gemm(1, 0, Out, In, N, 1.0f, dy, Out, x, In, 1.0f, dw, In);
     if (db) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)N * Out > KERNEL_PARALLEL_MIN)
         for (int o = 0; o < Out; o++) {
             double s = 0;
             for (int n = 0; n < N; n++) s += dy[(size_t)n * Out + o];
@@ -68,7 +93,7 @@ void lora_forward(float *y, float *u, float *dropped, const float *x, const uint
     const float *input = x;
     if (keep_mask) {
         size_t n = (size_t)N * In;
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static) if (n > KERNEL_PARALLEL_MIN)
         for (size_t i = 0; i < n; i++) dropped[i] = keep_mask[i] ? x[i] * keep_scale : 0.0f;
         input = dropped;
     }
@@ -93,7 +118,7 @@ void lora_backward(float *dx, float *dA, float *dB, float *du, const float *dy, 
     float *t = malloc((size_t)N * In * sizeof(float));
     gemm(0, 0, N, In, r, 1.0f, du, r, A, In, 0.0f, t, In);
     size_t n = (size_t)N * In;
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static) if (n > KERNEL_PARALLEL_MIN)
     for (size_t i = 0; i < n; i++) dx[i] += keep_mask[i] ? t[i] * keep_scale : 0.0f;
     free(t);
 }

@@ -5,7 +5,7 @@
 
 double cross_entropy_forward(float *lse, const float *logits, const int32_t *targets, int N, int V) {
     double total = 0;
-#pragma omp parallel for schedule(static) reduction(+ : total)
+#pragma omp parallel for schedule(static) reduction(+ : total) if ((size_t)N * V > KERNEL_PARALLEL_MIN)
     for (int n = 0; n < N; n++) {
         if (targets[n] == KERNEL_IGNORE_INDEX) {
             lse[n] = 0.0f;
@@ -24,7 +24,7 @@ double cross_entropy_forward(float *lse, const float *logits, const int32_t *tar
 }
 
 void cross_entropy_backward(float *logits, const float *lse, const int32_t *targets, int N, int V, float row_scale) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)N * V > KERNEL_PARALLEL_MIN)
     for (int n = 0; n < N; n++) {
         float *row = logits + (size_t)n * V;
         if (targets[n] == KERNEL_IGNORE_INDEX) {

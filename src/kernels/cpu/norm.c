@@ -8,7 +8,7 @@
 
 void layernorm_forward(float *y, float *mean, float *rstd, const float *x, const float *w, const float *b, int N,
                        int C, float eps) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)N * C > KERNEL_PARALLEL_MIN)
     for (int n = 0; n < N; n++) {
         const float *xr = x + (size_t)n * C;
         double s = 0, ss = 0;
@@ -27,7 +27,7 @@ void layernorm_backward(float *dx, float *dw, float *db, const float *dy, const 
                         const float *rstd, const float *w, int N, int C) {
     // dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * w
     if (dx) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)N * C > KERNEL_PARALLEL_MIN)
         for (int n = 0; n < N; n++) {
             const float *xr = x + (size_t)n * C, *dyr = dy + (size_t)n * C;
             double sg = 0, sgx = 0;
@@ -46,7 +46,7 @@ void layernorm_backward(float *dx, float *dw, float *db, const float *dy, const 
         }
     }
     if (dw || db) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)N * C > KERNEL_PARALLEL_MIN)
         for (int c = 0; c < C; c++) {
             double sw = 0, sb = 0;
             for (int n = 0; n < N; n++) {
@@ -61,7 +61,7 @@ void layernorm_backward(float *dx, float *dw, float *db, const float *dy, const 
 }
 
 void rmsnorm_forward(float *y, float *rstd, const float *x, const float *w, int N, int C, float eps) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)N * C > KERNEL_PARALLEL_MIN)
     for (int n = 0; n < N; n++) {
         const float *xr = x + (size_t)n * C;
         double ss = 0;
@@ -77,7 +77,7 @@ void rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x, con
                       int C) {
     // y = w * x * r, r = (mean(x^2)+eps)^-1/2 ; dx = r * (g - x * r^2 * mean(g * x)), g = dy * w
     if (dx) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)N * C > KERNEL_PARALLEL_MIN)
         for (int n = 0; n < N; n++) {
             const float *xr = x + (size_t)n * C, *dyr = dy + (size_t)n * C;
             double sgx = 0;
@@ -89,7 +89,7 @@ void rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x, con
         }
     }
     if (dw) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)N * C > KERNEL_PARALLEL_MIN)
         for (int c = 0; c < C; c++) {
             double s = 0;
             for (int n = 0; n < N; n++) s += (double)dy[(size_t)n * C + c] * x[(size_t)n * C + c] * rstd[n];
