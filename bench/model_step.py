@@ -136,7 +136,7 @@ def main():
     model.step(batch)  # torch warm-up
     vlft_times, torch_times, vlft_cpu, torch_cpu = [], [], [], []
     for _ in range(args.repeat):
-        run = subprocess.run([VLFT, "model-step", folder, batch_path, *flags, "--threads", str(args.threads),
+        run = subprocess.run([VLFT, "_model-step", folder, batch_path, *flags, "--threads", str(args.threads),
                               "--repeat", "2"], capture_output=True, text=True, env=env)
         if run.returncode != 0:
             sys.exit(run.stderr)

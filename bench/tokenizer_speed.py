@@ -5,7 +5,7 @@ run, one thread each. Prints MB/s for both and the ratio vlft / sentencepiece.
     /usr/bin/python3 bench/tokenizer_speed.py [MODEL_DIR] [MEGABYTES]
 
 MODEL_DIR defaults to tests/data/tokenizers/yi_like. vlft is timed in-process
-(`vlft tokenize --bench`, encoding line by line); sentencepiece encodes the
+(`vlft _tokenize --bench`, encoding line by line); sentencepiece encodes the
 same lines in one batched call with num_threads=1 (its C++ loop, no per-line
 Python overhead).
 """
@@ -43,7 +43,7 @@ def main():
     for label, args in (("vlft sentencepiece (.model)", ["--sp", model]), ("vlft fast (tokenizer.json)", ["--dir", model_dir])):
         best = None
         for _ in range(3):
-            out = subprocess.run([vlft, "tokenize", *args, "--bench", path], capture_output=True, text=True,
+            out = subprocess.run([vlft, "_tokenize", *args, "--bench", path], capture_output=True, text=True,
                                  env=dict(os.environ, OMP_NUM_THREADS="1"), check=True).stdout.split()
             seconds = float(out[1])
             best = seconds if best is None else min(best, seconds)

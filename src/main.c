@@ -27,11 +27,11 @@ static const Command commands[] = {
     {"export", command_export, "merge a LoRA adapter into its base model and write HF shards"},
     {"info", command_info, "check a model folder and print its summary"},
     {"data", command_data, "preview a recipe's encoded training samples ('data preview RECIPE.yaml')"},
-    {"tokenize", command_tokenize, "encode JSON-string lines with a model's tokenizer (tests, benchmarks)"},
+    {"_tokenize", command_tokenize, "encode JSON-string lines with a model's tokenizer (tests, benchmarks)"},
     {"tensors", command_tensors, "list (or copy) the tensors of a safetensors file or folder"},
     // names starting with '_' are for tests and left out of --help
     {"_train-toy", command_train_toy, "train a toy regression model (tests)"},
-    {"model-step", command_model_step, "one forward/backward on a batch file (tests, benchmarks)"},
+    {"_model-step", command_model_step, "one forward/backward on a batch file (tests, benchmarks)"},
     {"preprocess", command_preprocess, "run the image pipeline on files and save each stage"},
     {"demo-data", command_demo_data, "write a procedurally drawn image dataset (mllm_demo format)"},
 };

@@ -1,4 +1,4 @@
-// vlft model-step: one forward/backward of a model on a batch read from a
+// vlft _model-step: one forward/backward of a model on a batch read from a
 // safetensors file, results written as safetensors. The parity tests and the
 // benchmark drive the model through it; the trainer uses src/model/llava.h.
 #include <stdio.h>
@@ -12,7 +12,7 @@
 
 static void usage(FILE *out) {
     fprintf(out,
-            "usage: vlft model-step MODEL_DIR BATCH.safetensors [OUT.safetensors] [options]\n\n"
+            "usage: vlft _model-step MODEL_DIR BATCH.safetensors [OUT.safetensors] [options]\n\n"
             "Runs one forward + backward pass (testing and benchmarking aid).\n"
             "BATCH holds input_ids, labels, attention_mask (I32 [B,L]) and pixel_values (F32 [n,3,S,S]).\n"
             "OUT receives logits [B,L,V], loss [1] (F64) and grad:<param> for every trainable tensor.\n\n"
@@ -170,14 +170,14 @@ int command_model_step(int argc, char **argv) {
             continue;
         } else if (a[0] != '-') {
             if (n_positional == 3) {
-                fprintf(stderr, "vlft model-step: unexpected argument '%s'\n", a);
+                fprintf(stderr, "vlft _model-step: unexpected argument '%s'\n", a);
                 return EXIT_USAGE;
             }
             positional[n_positional++] = a;
             continue;
         }
         if (v == NULL) {
-            fprintf(stderr, "vlft model-step: option '%s' needs a value\n", a);
+            fprintf(stderr, "vlft _model-step: option '%s' needs a value\n", a);
             return EXIT_USAGE;
         }
         i++;
@@ -202,7 +202,7 @@ int command_model_step(int argc, char **argv) {
         else if (strcmp(a, "--adapter-options") == 0) {
             Error e;
             if (llava_options_from_adapter_config(v, &o, &e) != 0) {
-                fprintf(stderr, "vlft model-step: %s\n", e.message);
+                fprintf(stderr, "vlft _model-step: %s\n", e.message);
                 return EXIT_BAD_INPUT;
             }
             alpha_given = 1;
@@ -214,11 +214,11 @@ int command_model_step(int argc, char **argv) {
         else if (strcmp(a, "--threads") == 0) bad = parse_int(v, &o.threads);
         else if (strcmp(a, "--repeat") == 0) bad = parse_int(v, &repeat) || repeat < 1;
         else {
-            fprintf(stderr, "vlft model-step: unknown option '%s'\n", a);
+            fprintf(stderr, "vlft _model-step: unknown option '%s'\n", a);
             return EXIT_USAGE;
         }
         if (bad) {
-            fprintf(stderr, "vlft model-step: bad value '%s' for %s\n", v, a);
+            fprintf(stderr, "vlft _model-step: bad value '%s' for %s\n", v, a);
             return EXIT_USAGE;
         }
     }
@@ -231,7 +231,7 @@ int command_model_step(int argc, char **argv) {
     LlavaModel *model = NULL;
     double t0 = now_seconds();
     if (llava_load(positional[0], &o, &model, &err) != 0) {
-        fprintf(stderr, "vlft model-step: %s\n", err.message);
+        fprintf(stderr, "vlft _model-step: %s\n", err.message);
         return EXIT_BAD_INPUT;
     }
     double load_seconds = now_seconds() - t0;
@@ -243,13 +243,13 @@ int command_model_step(int argc, char **argv) {
         return EXIT_OK;
     }
     if (load_adapter && llava_load_adapter(model, load_adapter, &err) != 0) {
-        fprintf(stderr, "vlft model-step: %s\n", err.message);
+        fprintf(stderr, "vlft _model-step: %s\n", err.message);
         llava_free(model);
         return EXIT_BAD_INPUT;
     }
     BatchFile bf;
     if (load_batch(&bf, positional[1], &err) != 0) {
-        fprintf(stderr, "vlft model-step: %s\n", err.message);
+        fprintf(stderr, "vlft _model-step: %s\n", err.message);
         free_batch(&bf);
         llava_free(model);
         return EXIT_BAD_INPUT;
@@ -280,7 +280,7 @@ int command_model_step(int argc, char **argv) {
     if (rc == EXIT_OK && save_full && llava_save_full(model, save_full, 0, &err) != 0) rc = EXIT_BAD_INPUT;
     if (rc == EXIT_OK && save_adapter && llava_save_adapter(model, save_adapter, positional[0], &err) != 0)
         rc = EXIT_BAD_INPUT;
-    if (rc != EXIT_OK) fprintf(stderr, "vlft model-step: %s\n", err.message);
+    if (rc != EXIT_OK) fprintf(stderr, "vlft _model-step: %s\n", err.message);
     free_batch(&bf);
     llava_free(model);
     return rc;

@@ -1,7 +1,7 @@
-// vlft tokenize: encodes text with vlft's tokenizer, for parity tests and
+// vlft _tokenize: encodes text with vlft's tokenizer, for parity tests and
 // benchmarks (one long-lived process instead of one per string).
 //
-//   vlft tokenize (--dir MODEL_DIR [--slow] | --json tokenizer.json | --sp tokenizer.model)
+//   vlft _tokenize (--dir MODEL_DIR [--slow] | --json tokenizer.json | --sp tokenizer.model)
 //       reads one JSON string per stdin line; writes per line the ids
 //       (space-separated), a tab, and decode(ids) as a JSON string.
 //   ... --bench FILE [--repeat N]
@@ -17,7 +17,7 @@
 #include "commands.h"
 
 static int usage(FILE *out) {
-    fprintf(out, "usage: vlft tokenize (--dir MODEL_DIR [--slow] | --json FILE | --sp FILE) [--bench FILE [--repeat N]]\n"
+    fprintf(out, "usage: vlft _tokenize (--dir MODEL_DIR [--slow] | --json FILE | --sp FILE) [--bench FILE [--repeat N]]\n"
                  "\nReads one JSON string per line on stdin and prints its ids, a tab, and the decoded text as JSON.\n");
     return out == stdout ? EXIT_OK : EXIT_USAGE;
 }
@@ -33,7 +33,7 @@ static int run_bench(Tokenizer *t, const char *path, int repeat) {
     size_t size;
     Error err;
     if (read_file(path, (size_t)1 << 30, &text, &size, &err)) {
-        fprintf(stderr, "vlft tokenize: %s\n", err.message);
+        fprintf(stderr, "vlft _tokenize: %s\n", err.message);
         return EXIT_BAD_INPUT;
     }
     long tokens = 0;
@@ -74,7 +74,7 @@ int command_tokenize(int argc, char **argv) {
     int rc = dir ? tokenizer_load(&t, dir, !slow, &err) : json ? tokenizer_load_json_file(&t, json, &err)
                                                                : tokenizer_load_sp_file(&t, sp, &err);
     if (rc) {
-        fprintf(stderr, "vlft tokenize: %s\n", err.message);
+        fprintf(stderr, "vlft _tokenize: %s\n", err.message);
         return EXIT_BAD_INPUT;
     }
     if (bench) {
@@ -92,7 +92,7 @@ int command_tokenize(int argc, char **argv) {
         if (line[0] == '\n') continue;
         cJSON *value = cJSON_ParseWithLength(line, (size_t)n);
         if (!cJSON_IsString(value)) {
-            fprintf(stderr, "vlft tokenize: stdin line %ld is not a JSON string\n", line_no);
+            fprintf(stderr, "vlft _tokenize: stdin line %ld is not a JSON string\n", line_no);
             cJSON_Delete(value);
             rc = EXIT_BAD_INPUT;
             break;

@@ -1,5 +1,6 @@
 #include "init_tiny.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -83,6 +84,12 @@ static int fill_random(void *ctx, const TensorRef *t, void *dst, Error *err) {
             // Random perturbations of the usual 1 / 0 make the tests see every
             // norm weight and bias actually used.
             case INIT_ONE: x = (float)(1.0 + 0.1 * rng_normal(&rng)); break;
+            // With std 0.02 a small model's logits stay within about +-2.5
+            // (the final RMSNorm bounds the hidden state), so no token can
+            // ever be predicted with confidence and a LoRA run (lm_head
+            // frozen) cannot learn the demo. std 1/sqrt(hidden) gives logits
+            // of unit spread at the start and room to grow.
+            case INIT_HEAD: x = (float)(rng_normal(&rng) / sqrt((double)t->shape[1])); break;
             default: x = (float)(0.02 * rng_normal(&rng)); break;
             }
             dtype_convert((char *)dst + i * dtype_size(t->dtype), t->dtype, &x, DTYPE_F32, 1);

@@ -102,7 +102,7 @@ int layout_build(Layout *l, const ModelConfig *c, ProjectorKind projector, Error
         add(l, g, INIT_ONE, 1, SHAPE(d), "%smodel.layers.%d.post_attention_layernorm.weight", lm, i);
     }
     add(l, g, INIT_ONE, 1, SHAPE(d), "%smodel.norm.weight", lm);
-    if (!t->tie_word_embeddings) add(l, g, INIT_NORMAL, 2, SHAPE(t->vocab_size, d), "%slm_head.weight", lm);
+    if (!t->tie_word_embeddings) add(l, g, INIT_HEAD, 2, SHAPE(t->vocab_size, d), "%slm_head.weight", lm);
     return 0;
 }
 

@@ -25,6 +25,7 @@ typedef enum {
     INIT_NORMAL,  // N(0, 0.02^2): Linear, Embedding, conv weights
     INIT_ZERO,    // biases
     INIT_ONE,     // norm weights
+    INIT_HEAD,    // lm_head: N(0, 1/hidden) (see init_tiny.c)
 } ParamInit;
 
 typedef struct {

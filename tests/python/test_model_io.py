@@ -45,7 +45,7 @@ def test_save_full_keeps_every_tensor_and_dtype():
         folder = tiny("yivl", dtype, shards=2)
         batch, _ = write_batch(folder)
         out = os.path.join(tempdir(), "saved")
-        run_vlft("model-step", folder, batch, "--finetuning-type", "full", "--save-full", out)
+        run_vlft("_model-step", folder, batch, "--finetuning-type", "full", "--save-full", out)
         before, after = read_model_folder(folder), read_model_folder(out)
         assert set(before) == set(after)
         for name in before:
@@ -70,7 +70,7 @@ def test_save_adapter_peft_layout_and_reload():
     adapter = ref.random_adapter(ref.lora_shapes(reference), 4, np.random.default_rng(5))
     os.makedirs(os.path.join(work, "in"))
     write_safetensors(os.path.join(work, "in", "adapter_model.safetensors"), adapter)
-    run_vlft("model-step", folder, batch, "--lora-rank", "4", "--load-adapter", os.path.join(work, "in"),
+    run_vlft("_model-step", folder, batch, "--lora-rank", "4", "--load-adapter", os.path.join(work, "in"),
              "--save-adapter", os.path.join(work, "out"))
     saved, metadata = read_safetensors(os.path.join(work, "out", "adapter_model.safetensors"))
     assert metadata == {"format": "pt"}
@@ -97,7 +97,7 @@ def test_lora_init_is_peft_like():
     folder = tiny()
     work = tempdir()
     batch, _ = write_batch(folder, seed=2)
-    run_vlft("model-step", folder, batch, "--save-adapter", work, "--seed", "9")
+    run_vlft("_model-step", folder, batch, "--save-adapter", work, "--seed", "9")
     saved, _ = read_safetensors(os.path.join(work, "adapter_model.safetensors"))
     a = saved["base_model.model.language_model.model.layers.0.mlp.down_proj.lora_A.weight"]
     assert a.shape == (8, 352)
@@ -108,17 +108,17 @@ def test_lora_init_is_peft_like():
 
 def test_targets_and_freeze_flags_select_like_llamafactory():
     folder = tiny()
-    names = run_vlft("model-step", folder, "--list-params", "--lora-target", "q_proj,v_proj").stdout.split()
+    names = run_vlft("_model-step", folder, "--list-params", "--lora-target", "q_proj,v_proj").stdout.split()
     assert len(names) == 2 * 2 * 4 and all(("q_proj" in n or "v_proj" in n) and "vision" not in n for n in names)
     # Unfrozen tower: q_proj also matches the tower's attention (all its layers, as PEFT would adapt them).
-    names = run_vlft("model-step", folder, "--list-params", "--lora-target", "q_proj",
+    names = run_vlft("_model-step", folder, "--list-params", "--lora-target", "q_proj",
                      "--freeze-vision-tower", "0").stdout.split()
     assert any(n.startswith("base_model.model.vision_tower.") for n in names)
     # Full with defaults: language model only.
-    names = run_vlft("model-step", folder, "--list-params", "--finetuning-type", "full").stdout.split()
+    names = run_vlft("_model-step", folder, "--list-params", "--finetuning-type", "full").stdout.split()
     assert names and all(n.startswith("language_model.") for n in names)
     # Projector unfrozen joins it; train the projector alone with the LM frozen.
-    names = run_vlft("model-step", folder, "--list-params", "--finetuning-type", "full", "--freeze-projector", "0",
+    names = run_vlft("_model-step", folder, "--list-params", "--finetuning-type", "full", "--freeze-projector", "0",
                      "--freeze-language-model", "1").stdout.split()
     assert names and all(n.startswith("multi_modal_projector.") for n in names)
 
@@ -133,26 +133,26 @@ def test_bad_inputs_fail_with_one_line():
     broken["input_ids"] = ids
     path = os.path.join(tempdir(), "broken.safetensors")
     write_safetensors(path, broken)
-    r = run_vlft("model-step", folder, path, check=False)
+    r = run_vlft("_model-step", folder, path, check=False)
     assert r.returncode == 1 and "image tokens" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     # Token id past the vocabulary.
     ids = batch["input_ids"].copy()
     ids[1, 0] = 5000
     write_safetensors(path, dict(batch, input_ids=ids))
-    r = run_vlft("model-step", folder, path, check=False)
+    r = run_vlft("_model-step", folder, path, check=False)
     assert r.returncode == 1 and "vocabulary" in r.stderr
     # A target that matches nothing; a target that is not a Linear.
-    r = run_vlft("model-step", folder, batch_path, "--lora-target", "nothing_here", check=False)
+    r = run_vlft("_model-step", folder, batch_path, "--lora-target", "nothing_here", check=False)
     assert r.returncode == 1 and "nothing_here" in r.stderr
-    r = run_vlft("model-step", folder, batch_path, "--lora-target", "mlp", check=False)
+    r = run_vlft("_model-step", folder, batch_path, "--lora-target", "mlp", check=False)
     assert r.returncode == 1 and "not a Linear" in r.stderr
     # Missing model folder.
-    r = run_vlft("model-step", os.path.join(tempdir(), "none"), batch_path, check=False)
+    r = run_vlft("_model-step", os.path.join(tempdir(), "none"), batch_path, check=False)
     assert r.returncode == 1 and "config.json" in r.stderr
     # Adapter of another rank.
     work = tempdir()
-    run_vlft("model-step", folder, batch_path, "--lora-rank", "2", "--save-adapter", work)
-    r = run_vlft("model-step", folder, batch_path, "--lora-rank", "4", "--load-adapter", work, check=False)
+    run_vlft("_model-step", folder, batch_path, "--lora-rank", "2", "--save-adapter", work)
+    r = run_vlft("_model-step", folder, batch_path, "--lora-rank", "4", "--load-adapter", work, check=False)
     assert r.returncode == 1 and "adapter_model.safetensors" in r.stderr
 
 
@@ -161,8 +161,8 @@ def test_repeat_is_deterministic_grad_scale_scales_eval_loss_matches():
     batch_path, batch = write_batch(folder, seed=4)
     work = tempdir()
     # --repeat runs zero_grad + step each time: results must be identical to a single run.
-    run_vlft("model-step", folder, batch_path, os.path.join(work, "a.safetensors"), "--finetuning-type", "full")
-    run_vlft("model-step", folder, batch_path, os.path.join(work, "b.safetensors"), "--finetuning-type", "full",
+    run_vlft("_model-step", folder, batch_path, os.path.join(work, "a.safetensors"), "--finetuning-type", "full")
+    run_vlft("_model-step", folder, batch_path, os.path.join(work, "b.safetensors"), "--finetuning-type", "full",
              "--repeat", "2", "--grad-scale", "2")
     a, _ = read_safetensors(os.path.join(work, "a.safetensors"))
     b, _ = read_safetensors(os.path.join(work, "b.safetensors"))
@@ -171,7 +171,7 @@ def test_repeat_is_deterministic_grad_scale_scales_eval_loss_matches():
         if name.startswith("grad:"):
             np.testing.assert_allclose(b[name], 2 * a[name], rtol=1e-5, atol=1e-9)
     expected = ref.LlavaReference(folder, finetuning_type="none").step(batch)["loss"]
-    r = run_vlft("model-step", folder, batch_path, "--finetuning-type", "none")
+    r = run_vlft("_model-step", folder, batch_path, "--finetuning-type", "none")
     assert abs(json.loads(r.stdout)["loss"] - expected) < 1e-5 * expected
 
 
@@ -182,12 +182,12 @@ def test_adapter_config_round_trip_rebuilds_the_same_adapter():
     batch, _ = write_batch(folder, seed=6)
     work = tempdir()
     flags = ["--lora-rank", "3", "--lora-alpha", "5", "--lora-target", "q_proj,down_proj", "--seed", "11"]
-    run_vlft("model-step", folder, batch, os.path.join(work, "a.safetensors"), *flags,
+    run_vlft("_model-step", folder, batch, os.path.join(work, "a.safetensors"), *flags,
              "--save-adapter", os.path.join(work, "ad"))
     with open(os.path.join(work, "ad", "adapter_config.json")) as f:
         config = json.load(f)
     assert config["r"] == 3 and config["lora_alpha"] == 5 and len(config["target_modules"]) == 8
-    run_vlft("model-step", folder, batch, os.path.join(work, "b.safetensors"), "--adapter-options",
+    run_vlft("_model-step", folder, batch, os.path.join(work, "b.safetensors"), "--adapter-options",
              os.path.join(work, "ad"), "--load-adapter", os.path.join(work, "ad"))
     a, _ = read_safetensors(os.path.join(work, "a.safetensors"))
     b, _ = read_safetensors(os.path.join(work, "b.safetensors"))

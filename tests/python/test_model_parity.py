@@ -45,7 +45,7 @@ def compare(folder, setup, images_per_sample, seed=0, grad_scale=1.0, report=Non
     batch_path = os.path.join(work, "batch.safetensors")
     write_safetensors(batch_path, batch)
     reference = ref.LlavaReference(folder, **kwargs)
-    args = ["model-step", folder, batch_path, os.path.join(work, "out.safetensors"), *flags, "--grad-scale", grad_scale]
+    args = ["_model-step", folder, batch_path, os.path.join(work, "out.safetensors"), *flags, "--grad-scale", grad_scale]
     if reference.lora:
         # Random non-zero A and B (B = 0 at init would hide half the gradients).
         adapter = ref.random_adapter(ref.lora_shapes(reference), kwargs.get("lora_rank", 8), rng)

@@ -49,7 +49,7 @@ def run_lines(command, strings):
 
 
 def vlft_rows(args, strings):
-    return run_lines([VLFT, "tokenize", *args], strings)
+    return run_lines([VLFT, "_tokenize", *args], strings)
 
 
 def js_rows(model_dir, strings):
