@@ -5,6 +5,7 @@
 
 #include "../train/recipe.h"
 #include "../train/sft.h"
+#include "../base/error.h"
 #include "../train/trainer.h"
 #include "commands.h"
 
@@ -13,11 +14,20 @@ static void usage(FILE *out) {
                  "Runs supervised fine-tuning with LLaMA-Factory's YAML keys (stage sft; finetuning_type lora, full\n"
                  "or freeze). Writes the adapter or the full weights, checkpoint-N folders, trainer_log.jsonl,\n"
                  "all_results.json and training_loss.png into output_dir.\n"
-                 "--print-config  print the resolved recipe (every key, defaults filled in) and exit\n");
+                 "--print-config  print the resolved recipe (every key, defaults filled in) and exit\n"
+                 "--log-updates FILE   append one JSON line per optimizer update (full-precision loss, lr,\n"
+                 "                     grad_norm) to FILE, for comparisons with a reference\n"
+                 "--save-initial DIR   write the trainable weights as they are before the first update\n");
+}
+
+static void write_update(void *user, const TrainUpdate *u) {
+    fprintf((FILE *)user, "{\"step\": %d, \"loss\": %.17g, \"lr\": %.17g, \"grad_norm\": %.17g, \"epoch\": %.17g}\n",
+            u->step, u->loss, u->lr, u->grad_norm, u->epoch);
+    fflush((FILE *)user);
 }
 
 int command_train(int argc, char **argv) {
-    const char *path = NULL;
+    const char *path = NULL, *log_updates = NULL, *save_initial = NULL;
     int print_config = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
@@ -25,6 +35,8 @@ int command_train(int argc, char **argv) {
             return EXIT_OK;
         }
         if (strcmp(argv[i], "--print-config") == 0) print_config = 1;
+        else if (strcmp(argv[i], "--log-updates") == 0 && i + 1 < argc) log_updates = argv[++i];
+        else if (strcmp(argv[i], "--save-initial") == 0 && i + 1 < argc) save_initial = argv[++i];
         else if (argv[i][0] == '-') {
             fprintf(stderr, "vlft train: unknown option '%s'\n", argv[i]);
             return EXIT_USAGE;
@@ -69,6 +81,20 @@ int command_train(int argc, char **argv) {
     }
     if (resume[0]) fprintf(stderr, "resuming from %s\n", resume);
     TrainModel model = sft_train_model(&session);
+    FILE *updates = NULL;
+    if (rc == 0 && save_initial) rc = model.save_weights(model.ctx, save_initial, &err);
+    if (rc == 0 && log_updates && (updates = fopen(log_updates, "a")) == NULL)
+        rc = error_set(&err, "%s: cannot open for writing", log_updates);
+    if (rc != 0) {
+        fprintf(stderr, "vlft train: %s\n", err.message);
+        sft_close(&session);
+        recipe_free(&recipe);
+        return EXIT_BAD_INPUT;
+    }
+    if (updates) {
+        options.on_update = write_update;
+        options.user = updates;
+    }
     int *train_ids = malloc(sizeof(int) * (size_t)session.dataset.train.n_samples);
     int *eval_ids = malloc(sizeof(int) * (size_t)(session.dataset.eval.n_samples + 1));
     for (int i = 0; i < session.dataset.train.n_samples; i++) train_ids[i] = i;
@@ -77,6 +103,7 @@ int command_train(int argc, char **argv) {
                      session.dataset.eval.n_samples, &err);
     free(train_ids);
     free(eval_ids);
+    if (updates) fclose(updates);
     sft_close(&session);
     int exit_code = EXIT_OK;
     if (rc < 0) {
