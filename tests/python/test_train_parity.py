@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from llava_reference import LlavaReference
-from vlft_testing import read_model_folder, read_safetensors, run_vlft, tempdir
+from vlft_testing import read_model_folder, read_safetensors, run_vlft, tempdir, write_safetensors
 
 MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
 STD = np.array([0.26862954, 0.26130258, 0.27577711])
@@ -180,3 +180,31 @@ def test_full_training_with_frozen_tower_and_projector_matches_pytorch_loop():
             assert np.array_equal(after[name], before[name]), name
     # the output folder loads back into vlft as a model
     assert "all present" in run_vlft("info", out).stdout
+
+
+def test_trained_adapter_loads_by_peft_names_and_exports_to_the_same_logits():
+    """The adapter a LoRA run writes, loaded by its PEFT key names onto the
+    base model in PyTorch, gives vlft's logits; `vlft export` merges it into
+    a model whose logits equal base + adapter."""
+    d, model, out, recipe, settings, samples, size = setup("lora", 5e-3)
+    run_vlft("train", recipe)
+    adapter, _ = read_safetensors(os.path.join(out, "adapter_model.safetensors"))
+    batch = collate(samples, [0, 5], size, pad_id=0)
+    batch_path = os.path.join(d, "batch.safetensors")
+    write_safetensors(batch_path, batch)
+    vlft_out = os.path.join(d, "step.safetensors")
+    run_vlft("_model-step", model, batch_path, vlft_out, "--finetuning-type", "lora", "--lora-rank", 4,
+             "--load-adapter", out)
+    got, _ = read_safetensors(vlft_out)
+    ref = LlavaReference(model, "lora", lora_rank=4, adapter=adapter, dtype=torch.float64)
+    expected = ref.step(batch)["logits"]
+    scale = np.max(np.abs(expected))
+    assert np.max(np.abs(got["logits"] - expected)) / scale < 1e-5
+    merged = os.path.join(d, "merged")
+    run_vlft("export", "--model", model, "--adapter", out, "--out", merged)
+    merged_out = os.path.join(d, "merged.safetensors")
+    run_vlft("_model-step", merged, batch_path, merged_out, "--finetuning-type", "none")
+    merged_logits, _ = read_safetensors(merged_out)
+    assert np.max(np.abs(merged_logits["logits"] - got["logits"])) / scale < 1e-5
+    plain = LlavaReference(model, "none", dtype=torch.float64).step(batch)["logits"]
+    assert np.max(np.abs(plain - expected)) / scale > 1e-3  # the adapter does change the logits
