@@ -12,8 +12,12 @@
 
 void kernel_init(int threads) {
     if (threads <= 0) threads = omp_get_max_threads();
-    omp_set_num_threads(threads);
+    // OpenBLAS runs single-threaded inside the products vlft splits across
+    // OpenMP threads itself. Its OpenMP build implements this call with
+    // omp_set_num_threads, so it must come first or it would leave vlft
+    // one thread.
     openblas_set_num_threads(1);
+    omp_set_num_threads(threads);
 }
 
 float *kernel_alloc(size_t n) { return calloc(n ? n : 1, sizeof(float)); }
