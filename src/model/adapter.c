@@ -35,7 +35,24 @@ static int lora_module(const char *key, const char *which, char *module, size_t 
     return 1;
 }
 
-static int read_config(Adapter *a, const char *dir, Error *err) {
+// A JSON list of names (or one string) as "a,b,c".
+static int join_names(const cJSON *item, char *out, size_t size) {
+    out[0] = '\0';
+    if (cJSON_IsString(item)) return snprintf(out, size, "%s", item->valuestring) < (int)size ? 0 : -1;
+    if (!cJSON_IsArray(item)) return -1;
+    size_t used = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, item) {
+        if (!cJSON_IsString(e)) return -1;
+        int n = snprintf(out + used, size - used, "%s%s", used ? "," : "", e->valuestring);
+        if (n < 0 || (size_t)n >= size - used) return -1;
+        used += (size_t)n;
+    }
+    return 0;
+}
+
+int adapter_config_load(AdapterConfig *c, const char *dir, Error *err) {
+    memset(c, 0, sizeof *c);
     char path[4096];
     if (path_join(path, sizeof path, dir, "adapter_config.json", err) != 0) return -1;
     char *text;
@@ -55,6 +72,8 @@ static int read_config(Adapter *a, const char *dir, Error *err) {
     const cJSON *fan = cJSON_GetObjectItemCaseSensitive(root, "fan_in_fan_out");
     const cJSON *dora = cJSON_GetObjectItemCaseSensitive(root, "use_dora");
     const cJSON *base = cJSON_GetObjectItemCaseSensitive(root, "base_model_name_or_path");
+    const cJSON *targets = cJSON_GetObjectItemCaseSensitive(root, "target_modules");
+    const cJSON *extra = cJSON_GetObjectItemCaseSensitive(root, "modules_to_save");
     if (!cJSON_IsString(type) || strcmp(type->valuestring, "LORA") != 0)
         rc = error_set(err, "%s: peft_type must be \"LORA\"", path);
     else if (!cJSON_IsNumber(r) || r->valuedouble < 1 || r->valuedouble != floor(r->valuedouble) || r->valuedouble > 65536)
@@ -65,15 +84,30 @@ static int read_config(Adapter *a, const char *dir, Error *err) {
         rc = error_set(err, "%s: fan_in_fan_out adapters are not supported", path);
     else if (cJSON_IsTrue(dora))
         rc = error_set(err, "%s: DoRA adapters (use_dora) are not supported", path);
+    else if (targets != NULL && !cJSON_IsNull(targets) && join_names(targets, c->target_modules, sizeof c->target_modules) != 0)
+        rc = error_set(err, "%s: target_modules must be a list of module names", path);
+    else if (extra != NULL && !cJSON_IsNull(extra) && join_names(extra, c->modules_to_save, sizeof c->modules_to_save) != 0)
+        rc = error_set(err, "%s: modules_to_save must be null or a list of names", path);
     if (rc == 0) {
-        a->rank = (int)r->valuedouble;
-        a->alpha = alpha->valuedouble;
-        a->dropout = cJSON_IsNumber(dropout) ? dropout->valuedouble : 0.0;
-        a->scale = cJSON_IsTrue(rslora) ? a->alpha / sqrt((double)a->rank) : a->alpha / a->rank;
-        if (cJSON_IsString(base)) snprintf(a->base_model, sizeof a->base_model, "%s", base->valuestring);
+        c->rank = (int)r->valuedouble;
+        c->alpha = alpha->valuedouble;
+        c->dropout = cJSON_IsNumber(dropout) ? dropout->valuedouble : 0.0;
+        c->use_rslora = cJSON_IsTrue(rslora);
+        if (cJSON_IsString(base)) snprintf(c->base_model, sizeof c->base_model, "%s", base->valuestring);
     }
     cJSON_Delete(root);
     return rc;
+}
+
+static int read_config(Adapter *a, const char *dir, Error *err) {
+    AdapterConfig c;
+    if (adapter_config_load(&c, dir, err) != 0) return -1;
+    a->rank = c.rank;
+    a->alpha = c.alpha;
+    a->dropout = c.dropout;
+    a->scale = c.use_rslora ? c.alpha / sqrt((double)c.rank) : c.alpha / c.rank;
+    snprintf(a->base_model, sizeof a->base_model, "%s", c.base_model);
+    return 0;
 }
 
 static int compare_pairs(const void *x, const void *y) {

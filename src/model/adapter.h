@@ -23,6 +23,19 @@ typedef struct {
     const TensorInfo *value;
 } SavedModule;
 
+// adapter_config.json, checked.
+typedef struct {
+    int rank;
+    double alpha;
+    double dropout;
+    int use_rslora;               // scale alpha / sqrt(r) instead of alpha / r
+    char target_modules[4096];    // comma-separated (a string target_modules is kept as it is)
+    char modules_to_save[1024];   // comma-separated, "" when null
+    char base_model[1024];
+} AdapterConfig;
+
+int adapter_config_load(AdapterConfig *config, const char *dir, Error *err);
+
 typedef struct {
     Safetensors weights;
     int rank;

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "../base/fs.h"
+#include "adapter.h"
 #include "llava_internal.h"
 
 // Converts a trained fp32 master to the checkpoint's dtype on the way out.
@@ -177,55 +178,22 @@ int llava_load_adapter(LlavaModel *m, const char *adapter_dir, Error *err) {
 }
 
 // Joins a JSON string array (or a single string) into "a,b,c".
-static int join_names(const cJSON *item, char *out, size_t size) {
-    out[0] = '\0';
-    if (cJSON_IsString(item)) return snprintf(out, size, "%s", item->valuestring) < (int)size ? 0 : -1;
-    if (!cJSON_IsArray(item)) return -1;
-    size_t used = 0;
-    const cJSON *e;
-    cJSON_ArrayForEach(e, item) {
-        if (!cJSON_IsString(e)) return -1;
-        int n = snprintf(out + used, size - used, "%s%s", used ? "," : "", e->valuestring);
-        if (n < 0 || (size_t)n >= size - used) return -1;
-        used += (size_t)n;
-    }
-    return 0;
-}
-
 int llava_options_from_adapter_config(const char *adapter_dir, LlavaOptions *o, Error *err) {
-    char path[4096];
-    if (path_join(path, sizeof path, adapter_dir, "adapter_config.json", err) != 0) return -1;
-    char *text;
-    size_t size;
-    if (read_file(path, 1 << 24, &text, &size, err) != 0) return -1;
-    cJSON *root = cJSON_ParseWithLength(text, size);
-    free(text);
-    if (root == NULL) return error_set(err, "%s: not valid JSON", path);
-    int rc = 0;
-    const cJSON *type = cJSON_GetObjectItemCaseSensitive(root, "peft_type");
-    const cJSON *r = cJSON_GetObjectItemCaseSensitive(root, "r");
-    const cJSON *alpha = cJSON_GetObjectItemCaseSensitive(root, "lora_alpha");
-    const cJSON *dropout = cJSON_GetObjectItemCaseSensitive(root, "lora_dropout");
-    const cJSON *targets = cJSON_GetObjectItemCaseSensitive(root, "target_modules");
-    const cJSON *extra = cJSON_GetObjectItemCaseSensitive(root, "modules_to_save");
-    if (!cJSON_IsString(type) || strcmp(type->valuestring, "LORA") != 0)
-        rc = error_set(err, "%s: peft_type must be \"LORA\"", path);
-    else if (!cJSON_IsNumber(r) || r->valueint <= 0)
-        rc = error_set(err, "%s: 'r' must be a positive integer", path);
-    else if (!cJSON_IsNumber(alpha))
-        rc = error_set(err, "%s: 'lora_alpha' must be a number", path);
-    else if (join_names(targets, o->lora_target, sizeof o->lora_target) != 0)
-        rc = error_set(err, "%s: 'target_modules' must be a list of module names", path);
-    else if (!cJSON_IsNull(extra) && extra != NULL &&
-             join_names(extra, o->additional_target, sizeof o->additional_target) != 0)
-        rc = error_set(err, "%s: 'modules_to_save' must be null or a list of names", path);
-    else {
-        o->finetuning_type = FINETUNE_LORA;
-        o->lora_rank = r->valueint;
-        o->lora_alpha = alpha->valuedouble;
-        o->lora_dropout = cJSON_IsNumber(dropout) ? dropout->valuedouble : 0.0;
-        if (extra == NULL || cJSON_IsNull(extra)) o->additional_target[0] = '\0';
-    }
-    cJSON_Delete(root);
-    return rc;
+    AdapterConfig c;
+    if (adapter_config_load(&c, adapter_dir, err) != 0) return -1;
+    // The model scales LoRA by alpha / r; an rsLoRA adapter would be wrong.
+    if (c.use_rslora)
+        return error_set(err, "%s/adapter_config.json: use_rslora adapters can be merged (vlft export) but not loaded for training or chat",
+                         adapter_dir);
+    if (c.target_modules[0] == '\0')
+        return error_set(err, "%s/adapter_config.json: target_modules must be a list of module names", adapter_dir);
+    if (strlen(c.target_modules) >= sizeof o->lora_target || strlen(c.modules_to_save) >= sizeof o->additional_target)
+        return error_set(err, "%s/adapter_config.json: target_modules / modules_to_save too long", adapter_dir);
+    o->finetuning_type = FINETUNE_LORA;
+    o->lora_rank = c.rank;
+    o->lora_alpha = c.alpha;
+    o->lora_dropout = c.dropout;
+    strcpy(o->lora_target, c.target_modules);
+    strcpy(o->additional_target, c.modules_to_save);
+    return 0;
 }
