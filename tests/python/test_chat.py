@@ -1,0 +1,213 @@
+"""vlft chat: greedy tokens from the KV-cache decode equal a float64 PyTorch
+reference that recomputes the whole forward at every step (no cache), with
+and without an image, with a trained LoRA adapter, and with a repetition
+penalty; sampling is repeatable by seed; the REPL answers two turns and an
+/image command in a terminal (tmux) and exits cleanly on /exit and on EOF."""
+import os
+import shutil
+import subprocess
+import time
+
+import numpy as np
+import torch
+
+from llava_reference import LlavaReference
+from test_train_parity import clip_pixels
+from vlft_testing import VLFT, read_safetensors, run_vlft, tempdir
+
+N_NEW = 64
+_setup = {}
+
+
+def setup():
+    """The tiny model, a drawn image, and a LoRA adapter from a short training run (made once)."""
+    if _setup:
+        return _setup
+    d = tempdir()
+    model, data, out = os.path.join(d, "model"), os.path.join(d, "data"), os.path.join(d, "out")
+    run_vlft("init-tiny", model, "--seed", 1)
+    run_vlft("demo-data", data, "--n", 8, "--seed", 2)
+    images = sorted(os.path.join(data, "images", f) for f in os.listdir(os.path.join(data, "images")))
+    recipe = os.path.join(d, "r.yaml")
+    settings = dict(model_name_or_path=model, stage="sft", finetuning_type="lora", lora_rank=4, dataset="mllm_demo",
+                    dataset_dir=data, template="yi_vl", cutoff_len=512, output_dir=out, logging_steps=1,
+                    per_device_train_batch_size=2, gradient_accumulation_steps=1, learning_rate="1.0e-3",
+                    max_steps=2, lr_scheduler_type="constant", seed=3, val_size=0)
+    with open(recipe, "w") as f:
+        for k, v in settings.items():
+            f.write(f"{k}: {v}\n")
+    run_vlft("train", recipe)
+    _setup.update(dir=d, model=model, images=images, adapter=out)
+    return _setup
+
+
+def chat_ids(*args):
+    r = run_vlft("chat", "--print-ids", "--max-new-tokens", N_NEW, "--threads", 2, *args)
+    lines = dict(line.split(" ", 1) if " " in line else (line, "") for line in r.stdout.strip().splitlines())
+    return [int(x) for x in lines["prompt_ids"].split()], [int(x) for x in lines["output_ids"].split()]
+
+
+def reference_greedy(reference, prompt, pixels, n_new, penalty=1.0, stop=(2,)):
+    """Greedy continuation, full recomputation per step (float64), with
+    transformers' RepetitionPenaltyLogitsProcessor when penalty != 1."""
+    ids = list(prompt)
+    out, margins = [], []
+    image_token = reference.config["image_token_index"]
+    with torch.no_grad():
+        features = None
+        if pixels is not None:
+            features = reference.project(reference.vision_features(torch.tensor(pixels, dtype=reference.dtype)))
+            features = features.reshape(-1, features.shape[-1])
+        for _ in range(n_new):
+            t = torch.tensor([ids], dtype=torch.long)
+            x = reference.w("language_model.model.embed_tokens.weight")[t]
+            if features is not None:
+                x = x.masked_scatter((t == image_token)[..., None].expand_as(x), features)
+            logits = reference.language(x, [[1] * len(ids)])
+            scores = logits[0, -1].clone()
+            if penalty != 1.0:
+                seen = torch.tensor(sorted(set(ids)), dtype=torch.long)
+                s = scores[seen]
+                scores[seen] = torch.where(s < 0, s * penalty, s / penalty)
+            top2 = torch.topk(scores, 2).values
+            margins.append(float(top2[0] - top2[1]))
+            nxt = int(torch.argmax(scores))
+            if nxt in stop:
+                break
+            out.append(nxt)
+            ids.append(nxt)
+    return out, min(margins)
+
+
+def check(reference, prompt, out, pixels, penalty=1.0):
+    expected, margin = reference_greedy(reference, prompt, pixels, N_NEW, penalty)
+    assert len(out) == N_NEW, f"stopped early: {out}"
+    assert out == expected, f"vlft {out}\nref  {expected}\n(smallest top-2 margin {margin:.2e})"
+    return expected
+
+
+def test_greedy_equals_reference_without_and_with_image():
+    s = setup()
+    reference = LlavaReference(s["model"], finetuning_type="none")
+    prompt, out = chat_ids("--model", s["model"], "Describe the weather today.")
+    assert len(out) == N_NEW and 1000 not in prompt
+    check(reference, prompt, out, None)
+    # The repetition penalty makes the tiny model's answer vary (plain greedy repeats itself).
+    prompt, out = chat_ids("--model", s["model"], "--repetition-penalty", 2.0, "--image", s["images"][0],
+                           "What is in the picture?")
+    assert prompt.count(1000) == 49, "one image = image_seq_length image tokens"
+    pixels = np.stack([clip_pixels(s["images"][0], 112)])
+    expected = check(reference, prompt, out, pixels, penalty=2.0)
+    assert len(set(expected)) > 50
+
+
+def test_greedy_with_trained_adapter_equals_reference():
+    s = setup()
+    adapter, _ = read_safetensors(os.path.join(s["adapter"], "adapter_model.safetensors"))
+    reference = LlavaReference(s["model"], finetuning_type="lora", lora_rank=4, adapter=adapter)
+    base = LlavaReference(s["model"], finetuning_type="none")
+    pixels = np.stack([clip_pixels(s["images"][1], 112)])
+    for penalty in (1.0, 1.5):
+        prompt, out = chat_ids("--model", s["model"], "--adapter", s["adapter"], "--repetition-penalty", penalty,
+                               "--image", s["images"][1], "Who drew this?")
+        check(reference, prompt, out, pixels, penalty)
+    # The adapter changes the answer (so the check above is about the adapter).
+    plain, _ = reference_greedy(base, prompt, pixels, 16, 1.5)
+    assert plain != out[:len(plain)]
+
+
+def test_sampling_is_repeatable_by_seed_and_varies_with_it():
+    s = setup()
+    args = ["--model", s["model"], "--do-sample", "--temperature", 1.5, "--top-k", 40, "--top-p", 0.95]
+    _, a = chat_ids(*args, "--seed", 7, "Tell me a story.")
+    _, b = chat_ids(*args, "--seed", 7, "Tell me a story.")
+    _, c = chat_ids(*args, "--seed", 8, "Tell me a story.")
+    assert a == b and a != c
+
+
+def test_bad_inputs_fail_with_one_line():
+    s = setup()
+    for args, fragment in [(["--model", os.path.join(s["dir"], "nowhere"), "hi"], "nowhere"),
+                           (["--model", s["model"], "--image", os.path.join(s["dir"], "missing.png"), "hi"], "missing.png"),
+                           (["--model", s["model"], "--template", "nope", "hi"], "nope"),
+                           (["--model", s["model"], "--adapter", s["model"], "hi"], "adapter_config.json")]:
+        r = run_vlft("chat", *args, check=False)
+        assert r.returncode == 1, (args, r.returncode, r.stderr)
+        assert fragment in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def _tmux(*args):
+    return subprocess.run(["tmux", *args], capture_output=True, text=True, check=True).stdout
+
+
+def _wait_for(session, predicate, timeout=60):
+    end = time.time() + timeout
+    screen = ""
+    while time.time() < end:
+        screen = _tmux("capture-pane", "-p", "-t", session, "-S", "-200")
+        if predicate(screen):
+            return screen
+        time.sleep(0.2)
+    raise AssertionError("timed out; screen:\n" + screen)
+
+
+def _run_repl(d, s, name, finish):
+    session = f"vlft-chat-{os.getpid()}-{name}"
+    status = os.path.join(d, f"{name}.status")
+    socket = ["-L", session]
+    cmd = (f"{VLFT} chat --model {s['model']} --max-new-tokens 12 --threads 2; echo EXIT=$? > {status}; sleep 30")
+    subprocess.run(["tmux", *socket, "new-session", "-d", "-s", session, "-x", "200", "-y", "50", cmd], check=True)
+    try:
+        def t(*a):
+            return _tmux(*socket, *a)
+
+        def wait(pred):
+            end = time.time() + 60
+            while time.time() < end:
+                screen = t("capture-pane", "-p", "-t", session, "-S", "-500")
+                if pred(screen):
+                    return screen
+                time.sleep(0.2)
+            raise AssertionError("timed out; screen:\n" + screen)
+
+        wait(lambda sc: sc.count("User:") == 1)
+        t("send-keys", "-t", session, "-l", "Hello, who are you?")
+        t("send-keys", "-t", session, "Enter")
+        wait(lambda sc: sc.count("User:") == 2)
+        t("send-keys", "-t", session, "-l", f"/image {s['images'][0]}")
+        t("send-keys", "-t", session, "Enter")
+        wait(lambda sc: "image attached" in sc and sc.count("User:") == 3)
+        t("send-keys", "-t", session, "-l", "And what is this?")
+        t("send-keys", "-t", session, "Enter")
+        screen = wait(lambda sc: sc.count("User:") == 4)
+        finish(t, session)
+        end = time.time() + 30
+        while not os.path.exists(status) and time.time() < end:
+            time.sleep(0.2)
+        assert os.path.exists(status), "vlft chat did not exit"
+        with open(status) as f:
+            assert f.read().strip() == "EXIT=0"
+        answers = [line for line in screen.splitlines() if line.startswith("Assistant: ")]
+        assert len(answers) == 2, screen
+        assert all(len(a) > len("Assistant: ") for a in answers), screen
+        assert "error" not in screen, screen
+        return screen
+    finally:
+        subprocess.run(["tmux", *socket, "kill-server"], capture_output=True)
+
+
+def test_repl_in_tmux_two_turns_image_and_clean_exit():
+    if shutil.which("tmux") is None:
+        raise AssertionError("tmux is not installed (apt-get install tmux)")
+    s = setup()
+    d = tempdir()
+
+    def by_exit(t, session):
+        t("send-keys", "-t", session, "-l", "/exit")
+        t("send-keys", "-t", session, "Enter")
+
+    def by_eof(t, session):
+        t("send-keys", "-t", session, "C-d")
+
+    _run_repl(d, s, "exit", by_exit)
+    _run_repl(d, s, "eof", by_eof)
