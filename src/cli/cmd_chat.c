@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "../model/generate.h"
 #include "../model/llava.h"
@@ -38,7 +39,8 @@ static void usage(FILE *out) {
             "  --temperature T, --top-p P, --top-k K, --repetition-penalty R   (defaults: generation_config.json)\n"
             "  --seed N                   sampling seed (default 42)\n"
             "  --threads N                compute threads (default: all cores)\n"
-            "  --print-ids                print 'prompt_ids ...' and 'output_ids ...' lines instead of the text\n",
+            "  --print-ids                print 'prompt_ids ...' and 'output_ids ...' lines instead of the text\n"
+            "  --stats                    print prefill and decode timings (tokens/s) on stderr\n",
             template_names());
 }
 
@@ -54,6 +56,7 @@ typedef struct {
     LlavaKVCache *cache;
     const char *system;
     int print_ids;
+    int print_stats;  // timings of each turn on stderr
     // the conversation
     Message *history;  // user, assistant, user, ... (n_history even)
     int n_history, history_capacity;
@@ -61,6 +64,12 @@ typedef struct {
     int n_images;
     int pending_images;  // attached to the next user message
 } Chat;
+
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 
 static int is_stop(const Chat *c, int id) {
     for (int i = 0; i < c->gen.n_eos; i++)
@@ -191,8 +200,11 @@ static int reply(Chat *c, const char *user, Error *err) {
     token_stream_init(&stream, c->tokenizer);
     int rc = logits ? 0 : error_set(err, "out of memory");
     llava_kv_cache_reset(c->cache);
+    double t0 = now_seconds();
     if (rc == 0)
         rc = llava_decode(c->model, c->cache, prompt.data, prompt.length, c->n_images, c->pixels, logits, err);
+    double t1 = now_seconds();
+    int decoded = 0;
     int_vec_append(&seen, prompt.data, prompt.length);
     for (int step = 0; rc == 0 && step < c->gen.max_new_tokens; step++) {
         int next = generation_next_token(&c->gen, logits, V, seen.data, seen.length, &c->rng);
@@ -203,7 +215,12 @@ static int reply(Chat *c, const char *user, Error *err) {
         else emit(text);
         if (step + 1 == c->gen.max_new_tokens) break;
         rc = llava_decode(c->model, c->cache, &next, 1, 0, NULL, logits, err);
+        decoded++;
     }
+    double t2 = now_seconds();
+    if (rc == 0 && c->print_stats)
+        fprintf(stderr, "stats: prefill %d tokens (%d images) %.3f s, decode %d tokens %.3f s, %.2f tokens/s\n",
+                prompt.length, c->n_images, t1 - t0, decoded, t2 - t1, decoded > 0 ? decoded / (t2 - t1) : 0.0);
     if (rc == 0) {
         if (c->print_ids) {
             print_ids("prompt_ids", prompt.data, prompt.length);
@@ -299,7 +316,7 @@ static void chat_close(Chat *c) {
 int command_chat(int argc, char **argv) {
     const char *model_dir = NULL, *adapter_dir = NULL, *template_name = "yi_vl", *prompt = NULL;
     const char **images = calloc((size_t)argc + 1, sizeof(char *));
-    int n_image_args = 0, threads = 0, seed = 42, print = 0;
+    int n_image_args = 0, threads = 0, seed = 42, print = 0, stats = 0;
     int max_new = -1, top_k = -1, sample = -1;
     double temperature = -1, top_p = -1, repetition_penalty = -1;
     const char *system = NULL;
@@ -312,6 +329,7 @@ int command_chat(int argc, char **argv) {
             free(images);
             return EXIT_OK;
         } else if (strcmp(a, "--print-ids") == 0) print = 1, takes_value = 0;
+        else if (strcmp(a, "--stats") == 0) stats = 1, takes_value = 0;
         else if (strcmp(a, "--do-sample") == 0) sample = 1, takes_value = 0;
         else if (strcmp(a, "--greedy") == 0) sample = 0, takes_value = 0;
         else if (a[0] == '-' && a[1] == '-' && v == NULL) bad = 1;
@@ -349,6 +367,7 @@ int command_chat(int argc, char **argv) {
     Chat c = {0};
     c.system = system;
     c.print_ids = print;
+    c.print_stats = stats;
     Error err;
     int rc = 0;
     c.tpl = template_find(template_name);
