@@ -30,6 +30,11 @@ static size_t settled_length(const char *text, size_t n) {
 
 static char *take(TokenStream *s, const char *text, size_t upto) {
     size_t from = s->emitted < upto ? s->emitted : upto;
+    // Decoding byte tokens together can rewrite text already handed out (a
+    // complete character followed by a lone byte: all become U+FFFD, as
+    // tokenizers' ByteFallback does). What was printed stays printed; carry
+    // on from the next character boundary so the output stays valid UTF-8.
+    while (from < upto && ((unsigned char)text[from] & 0xC0) == 0x80) from++;
     char *out = xstrndup(text + from, upto - from);
     if (upto > s->emitted) s->emitted = upto;
     return out;
