@@ -398,6 +398,13 @@ int command_chat(int argc, char **argv) {
         options.finetuning_type = FINETUNE_NONE;
         options.threads = threads;
         if (adapter_dir) rc = llava_options_from_adapter_config(adapter_dir, &options, &err);
+        // Nothing trains here: an adapter that reaches into the vision tower
+        // or the projector (trained with them unfrozen) must find them open.
+        if (adapter_dir && (strstr(options.lora_target, "vision_tower") || strstr(options.additional_target, "vision_tower")))
+            options.freeze_vision_tower = 0;
+        if (adapter_dir && (strstr(options.lora_target, "multi_modal_projector") ||
+                            strstr(options.additional_target, "multi_modal_projector")))
+            options.freeze_multi_modal_projector = 0;
         if (rc == 0) rc = llava_load(model_dir, &options, &c.model, &err);
         if (rc == 0 && adapter_dir) rc = llava_load_adapter(c.model, adapter_dir, &err);
         if (rc == 0) rc = llava_kv_cache_new(c.model, &c.cache, &err);

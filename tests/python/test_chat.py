@@ -211,3 +211,21 @@ def test_repl_in_tmux_two_turns_image_and_clean_exit():
 
     _run_repl(d, s, "exit", by_exit)
     _run_repl(d, s, "eof", by_eof)
+
+
+def test_peft_adapter_on_tower_and_language_model_equals_reference():
+    """An adapter as PEFT writes it (full module paths, one in the vision tower)."""
+    from test_export import make_adapter
+    s = setup()
+    folder = os.path.join(tempdir(), "peft")
+    targets = ["vision_tower.vision_model.encoder.layers.0.self_attn.q_proj",
+               "language_model.model.layers.1.mlp.down_proj", "language_model.model.layers.3.self_attn.v_proj"]
+    tensors = make_adapter(s["model"], folder, rank=4, alpha=8, targets=targets)
+    reference = LlavaReference(s["model"], finetuning_type="lora", lora_rank=4, lora_alpha=8,
+                               lora_target=",".join(targets), freeze_vision_tower=False, adapter=tensors)
+    pixels = np.stack([clip_pixels(s["images"][2], 112)])
+    prompt, out = chat_ids("--model", s["model"], "--adapter", folder, "--repetition-penalty", 2.0,
+                           "--image", s["images"][2], "Look.")
+    check(reference, prompt, out, pixels, penalty=2.0)
+    _, base_out = chat_ids("--model", s["model"], "--repetition-penalty", 2.0, "--image", s["images"][2], "Look.")
+    assert base_out != out
