@@ -77,6 +77,17 @@ static int is_stop(const Chat *c, int id) {
     return 0;
 }
 
+// decode(..., skip_special_tokens=True), as LLaMA-Factory's chat decodes
+// answers: special ids (BOS, EOS, UNK, PAD, the image token, stop words)
+// are neither shown nor kept in the history's text.
+static int is_special(const Chat *c, int id) {
+    const Tokenizer *t = c->tokenizer;
+    if (id == tokenizer_bos_id(t) || id == tokenizer_eos_id(t) || id == tokenizer_unk_id(t) ||
+        id == tokenizer_pad_id(t) || (c->config.has_vision && id == c->config.image_token_index))
+        return 1;
+    return is_stop(c, id);
+}
+
 static int attach_image(Chat *c, const char *path, Error *err) {
     if (!c->config.has_vision || !c->tpl->llava_plugin)
         return error_set(err, "%s: template '%s' (or this model) takes no images", path, c->tpl->name);
@@ -210,9 +221,11 @@ static int reply(Chat *c, const char *user, Error *err) {
         int next = generation_next_token(&c->gen, logits, V, seen.data, seen.length, &c->rng);
         if (is_stop(c, next)) break;
         int_vec_push(&seen, next);
-        char *text = token_stream_push(&stream, next);
-        if (c->print_ids) free(text);
-        else emit(text);
+        if (!is_special(c, next)) {
+            char *text = token_stream_push(&stream, next);
+            if (c->print_ids) free(text);
+            else emit(text);
+        }
         if (step + 1 == c->gen.max_new_tokens) break;
         rc = llava_decode(c->model, c->cache, &next, 1, 0, NULL, logits, err);
         decoded++;

@@ -180,6 +180,9 @@ def _run_repl(d, s, name, finish):
         t("send-keys", "-t", session, "-l", "And what is this?")
         t("send-keys", "-t", session, "Enter")
         screen = wait(lambda sc: sc.count("User:") == 4)
+        t("send-keys", "-t", session, "-l", "/reset")
+        t("send-keys", "-t", session, "Enter")
+        wait(lambda sc: "history cleared" in sc and sc.count("User:") == 5)
         finish(t, session)
         end = time.time() + 30
         while not os.path.exists(status) and time.time() < end:
