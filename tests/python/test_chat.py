@@ -232,3 +232,30 @@ def test_peft_adapter_on_tower_and_language_model_equals_reference():
     check(reference, prompt, out, pixels, penalty=2.0)
     _, base_out = chat_ids("--model", s["model"], "--repetition-penalty", 2.0, "--image", s["images"][2], "Look.")
     assert base_out != out
+
+
+def test_prompt_is_the_training_encoding_of_the_same_turn():
+    """The first turn's prompt (with its image) is exactly the prompt part of
+    the same conversation as `vlft train` encodes it (the dataset encoding is
+    checked against LLaMA-Factory elsewhere): same ids, and the answer's
+    labels start right after it."""
+    import json
+    s = setup()
+    data = os.path.join(s["dir"], "data")
+    with open(os.path.join(data, "mllm_demo.json")) as f:
+        row = json.load(f)[0]
+    user = row["messages"][0]["content"]
+    assert user.startswith("<image>")
+    recipe = os.path.join(tempdir(), "r.yaml")
+    with open(recipe, "w") as f:
+        f.write(f"model_name_or_path: {s['model']}\nstage: sft\nfinetuning_type: lora\ndataset: mllm_demo\n"
+                f"dataset_dir: {data}\ntemplate: yi_vl\ncutoff_len: 1024\noutput_dir: {tempdir()}/o\n"
+                f"val_size: 0\nmax_samples: 1\n")
+    dumped = [json.loads(line) for line in run_vlft("data", "dump", recipe).stdout.splitlines() if line.startswith("{")]
+    sample = dumped[0]
+    image = os.path.join(data, row["images"][0])
+    prompt, _ = chat_ids("--model", s["model"], "--image", image, "--max-new-tokens", 1, user[len("<image>"):])
+    n = len(prompt)
+    assert sample["input_ids"][:n] == prompt
+    # (yi_vl is efficient_eos: the first prompt label is EOS, never used after the shift)
+    assert all(label == -100 for label in sample["labels"][1:n]) and sample["labels"][n] != -100
