@@ -105,15 +105,14 @@ def test_greedy_with_trained_adapter_equals_reference():
     s = setup()
     adapter, _ = read_safetensors(os.path.join(s["adapter"], "adapter_model.safetensors"))
     reference = LlavaReference(s["model"], finetuning_type="lora", lora_rank=4, adapter=adapter)
-    base = LlavaReference(s["model"], finetuning_type="none")
     pixels = np.stack([clip_pixels(s["images"][1], 112)])
-    for penalty in (1.0, 1.5):
-        prompt, out = chat_ids("--model", s["model"], "--adapter", s["adapter"], "--repetition-penalty", penalty,
-                               "--image", s["images"][1], "Who drew this?")
-        check(reference, prompt, out, pixels, penalty)
+    args = ["--repetition-penalty", 1.5, "--image", s["images"][1], "Who drew this?"]
+    prompt, out = chat_ids("--model", s["model"], "--adapter", s["adapter"], *args)
+    expected = check(reference, prompt, out, pixels, 1.5)
+    assert len(set(expected)) > 30
     # The adapter changes the answer (so the check above is about the adapter).
-    plain, _ = reference_greedy(base, prompt, pixels, 16, 1.5)
-    assert plain != out[:len(plain)]
+    _, plain = chat_ids("--model", s["model"], *args)
+    assert plain != out
 
 
 def test_sampling_is_repeatable_by_seed_and_varies_with_it():
