@@ -4,9 +4,9 @@
 //
 // Each turn encodes the whole conversation with the chat template (history,
 // the new user message, an empty assistant message: LLaMA-Factory's
-// encode_oneturn at inference), prefills it into a fresh KV cache with every
-// image of the conversation at its image tokens, then decodes one token at a
-// time until EOS, a stop word (the template's, added to the tokenizer as
+// encode_oneturn at inference), prefills what the KV cache does not hold yet
+// (the cache keeps the longest prefix shared with the previous turn; images
+// at their image tokens), then decodes one token at a time until EOS, a stop word (the template's, added to the tokenizer as
 // special tokens) or max_new_tokens. Text is printed as it is produced, in
 // whole UTF-8 characters.
 #include <errno.h>
@@ -54,6 +54,7 @@ typedef struct {
     GenerationConfig gen;
     Rng rng;
     LlavaKVCache *cache;
+    IntVec cached;  // the ids whose K/V the cache holds, position by position
     const char *system;
     int print_ids;
     int print_stats;  // timings of each turn on stderr
@@ -117,6 +118,7 @@ static void reset_conversation(Chat *c) {
     for (int i = 0; i < c->n_history; i++) free(c->history[i].content);
     c->n_history = 0;
     c->n_images = 0;
+    c->cached.length = 0;
     c->pending_images = 0;
 }
 
@@ -210,10 +212,27 @@ static int reply(Chat *c, const char *user, Error *err) {
     TokenStream stream;
     token_stream_init(&stream, c->tokenizer);
     int rc = logits ? 0 : error_set(err, "out of memory");
-    llava_kv_cache_reset(c->cache);
+    // The conversation so far is usually still in the cache: prefill only
+    // what follows the longest shared prefix (cut back to an image's first
+    // token, so each image's rows are computed whole).
+    int keep = 0, image = c->config.image_token_index;
+    while (keep < c->cached.length && keep < prompt.length - 1 && c->cached.data[keep] == prompt.data[keep]) keep++;
+    while (keep > 0 && keep < prompt.length && prompt.data[keep] == image && prompt.data[keep - 1] == image) keep--;
+    int images_before = 0, per_image = c->config.image_seq_length > 0 ? c->config.image_seq_length : 1;
+    for (int i = 0; c->config.has_vision && i < keep; i++) images_before += prompt.data[i] == image;
+    images_before /= per_image;
+    llava_kv_cache_truncate(c->cache, keep);
+    c->cached.length = keep;
+    size_t image_floats = (size_t)3 * c->config.vision.image_size * c->config.vision.image_size;
     double t0 = now_seconds();
     if (rc == 0)
-        rc = llava_decode(c->model, c->cache, prompt.data, prompt.length, c->n_images, c->pixels, logits, err);
+        rc = llava_decode(c->model, c->cache, prompt.data + keep, prompt.length - keep, c->n_images - images_before,
+                          c->pixels ? c->pixels + image_floats * (size_t)images_before : NULL, logits, err);
+    if (rc == 0) int_vec_append(&c->cached, prompt.data + keep, prompt.length - keep);
+    else {
+        c->cached.length = 0;
+        llava_kv_cache_reset(c->cache);
+    }
     double t1 = now_seconds();
     int decoded = 0;
     int_vec_append(&seen, prompt.data, prompt.length);
@@ -228,12 +247,14 @@ static int reply(Chat *c, const char *user, Error *err) {
         }
         if (step + 1 == c->gen.max_new_tokens) break;
         rc = llava_decode(c->model, c->cache, &next, 1, 0, NULL, logits, err);
+        if (rc == 0) int_vec_push(&c->cached, next);
         decoded++;
     }
     double t2 = now_seconds();
     if (rc == 0 && c->print_stats)
-        fprintf(stderr, "stats: prefill %d tokens (%d images) %.3f s, decode %d tokens %.3f s, %.2f tokens/s\n",
-                prompt.length, c->n_images, t1 - t0, decoded, t2 - t1, decoded > 0 ? decoded / (t2 - t1) : 0.0);
+        fprintf(stderr, "stats: prompt %d tokens, %d reused from the cache; prefill %d tokens (%d images) %.3f s, "
+                        "decode %d tokens %.3f s, %.2f tokens/s\n",
+                prompt.length, keep, prompt.length - keep, c->n_images - images_before, t1 - t0, decoded, t2 - t1, decoded > 0 ? decoded / (t2 - t1) : 0.0);
     if (rc == 0) {
         if (c->print_ids) {
             print_ids("prompt_ids", prompt.data, prompt.length);
@@ -321,6 +342,7 @@ static void chat_close(Chat *c) {
     reset_conversation(c);
     free(c->history);
     free(c->pixels);
+    int_vec_free(&c->cached);
     llava_kv_cache_free(c->cache);
     if (c->model) llava_free(c->model);
     if (c->tokenizer) tokenizer_free(c->tokenizer);

@@ -24,11 +24,14 @@ void llava_kv_cache_free(LlavaKVCache *cache);
 void llava_kv_cache_reset(LlavaKVCache *cache);
 // Positions held.
 int llava_kv_cache_length(const LlavaKVCache *cache);
+// Keeps the first `length` positions only (a new prompt that shares them:
+// K and V at a position depend on the tokens up to it alone).
+void llava_kv_cache_truncate(LlavaKVCache *cache, int length);
 
 // Runs ids [n] at positions length..length+n-1 and adds them to the cache;
 // logits [vocab] (caller's buffer) receives the last position's logits.
 // ids may hold image tokens: n_images images' pixel_values [n_images, 3, S,
-// S] then fill them, in order (only in a call that starts at position 0).
+// S] then fill them, in order (each image's tokens all in this call).
 int llava_decode(LlavaModel *model, LlavaKVCache *cache, const int32_t *ids, int n, int n_images,
                  const float *pixel_values, float *logits, Error *err);
 

@@ -48,6 +48,10 @@ void llava_kv_cache_reset(LlavaKVCache *c) { c->length = 0; }
 
 int llava_kv_cache_length(const LlavaKVCache *c) { return c->length; }
 
+void llava_kv_cache_truncate(LlavaKVCache *c, int length) {
+    if (length >= 0 && length < c->length) c->length = length;
+}
+
 // Room for `need` positions; grows by doubling so a long answer reallocates
 // a few times only.
 static int cache_reserve(LlavaKVCache *c, int need) {
@@ -126,7 +130,6 @@ int llava_decode(LlavaModel *m, LlavaKVCache *c, const int32_t *ids, int n, int 
     const TextConfig *tc = &m->config.text;
     int C = tc->hidden_size, pos0 = c->length;
     if (n <= 0) return error_set(err, "decode: no tokens");
-    if (n_images > 0 && pos0 != 0) return error_set(err, "decode: images can only come with the first tokens");
     if (cache_reserve(c, pos0 + n) != 0) return error_set(err, "out of memory growing the KV cache to %d positions", pos0 + n);
     float *x = kernel_alloc((size_t)n * C);
     StepBuffers s = {0};

@@ -258,3 +258,25 @@ def test_prompt_is_the_training_encoding_of_the_same_turn():
     assert sample["input_ids"][:n] == prompt
     # (yi_vl is efficient_eos: the first prompt label is EOS, never used after the shift)
     assert all(label == -100 for label in sample["labels"][1:n]) and sample["labels"][n] != -100
+
+
+def test_second_turn_reuses_the_cache_and_equals_reference():
+    """Turn 2 (history + an image attached with /image) prefills only what
+    follows the cached conversation; its greedy tokens still equal the
+    reference's full recomputation of the whole turn-2 prompt."""
+    s = setup()
+    script = f"Hello there.\n/image {s['images'][3]}\nAnd now?\n/exit\n"
+    r = subprocess.run([VLFT, "chat", "--model", s["model"], "--print-ids", "--stats", "--max-new-tokens", "24",
+                        "--repetition-penalty", "2.0", "--threads", "2"], input=script, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()  # the REPL's "User: Assistant: " prompts precede the id lines
+    prompts = [[int(x) for x in line.split("prompt_ids")[1].split()] for line in lines if "prompt_ids" in line]
+    outputs = [[int(x) for x in line.split("output_ids")[1].split()] for line in lines if "output_ids" in line]
+    assert len(prompts) == 2 and len(outputs) == 2
+    assert prompts[1][:len(prompts[0])] == prompts[0] and prompts[1].count(1000) == 49
+    reused = [int(x) for x in __import__("re").findall(r"(\d+) reused from the cache", r.stderr)]
+    assert reused[0] == 0 and reused[1] >= len(prompts[0]), r.stderr
+    reference = LlavaReference(s["model"], finetuning_type="none")
+    pixels = np.stack([clip_pixels(s["images"][3], 112)])
+    expected, _ = reference_greedy(reference, prompts[1], pixels, 24, 2.0)
+    assert outputs[1] == expected
