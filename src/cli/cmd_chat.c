@@ -254,7 +254,8 @@ static int reply(Chat *c, const char *user, Error *err) {
     if (rc == 0 && c->print_stats)
         fprintf(stderr, "stats: prompt %d tokens, %d reused from the cache; prefill %d tokens (%d images) %.3f s, "
                         "decode %d tokens %.3f s, %.2f tokens/s\n",
-                prompt.length, keep, prompt.length - keep, c->n_images - images_before, t1 - t0, decoded, t2 - t1, decoded > 0 ? decoded / (t2 - t1) : 0.0);
+                prompt.length, keep, prompt.length - keep, c->n_images - images_before, t1 - t0, decoded, t2 - t1,
+                decoded > 0 ? decoded / (t2 - t1) : 0.0);
     if (rc == 0) {
         if (c->print_ids) {
             print_ids("prompt_ids", prompt.data, prompt.length);
