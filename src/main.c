@@ -25,6 +25,7 @@ static const Command commands[] = {
     {"train", command_train, "fine-tune a model as a LLaMA-Factory YAML recipe says"},
     {"init-tiny", command_init_tiny, "write a small random LLaVA model in Hugging Face layout"},
     {"export", command_export, "merge a LoRA adapter into its base model and write HF shards"},
+    {"chat", command_chat, "talk to a model (and its adapter): one answer to a prompt, or a conversation"},
     {"info", command_info, "check a model folder and print its summary"},
     {"data", command_data, "preview a recipe's encoded training samples ('data preview RECIPE.yaml')"},
     {"_tokenize", command_tokenize, "encode JSON-string lines with a model's tokenizer (tests, benchmarks)"},

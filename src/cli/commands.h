@@ -12,6 +12,7 @@ int command_tokenize(int argc, char **argv);
 int command_data(int argc, char **argv);
 int command_tensors(int argc, char **argv);
 int command_export(int argc, char **argv);
+int command_chat(int argc, char **argv);
 // hidden, test-only: the trainer on a toy regression model
 int command_train_toy(int argc, char **argv);
 int command_model_step(int argc, char **argv);

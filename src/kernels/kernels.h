@@ -98,6 +98,15 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
                         const float *q, const float *k, const float *v, const int32_t *key_mask, int B, int L, int Hq,
                         int Hkv, int D, int causal, float scale);
 
+// Cached decoding (generation). rope_forward_at rotates x [N, H, D] whose
+// row i sits at position pos0 + i. attention_cached_forward: n new queries
+// q [n, Hq*D] at positions pos0..pos0+n-1 against a cache k, v [pos0 + n,
+// Hkv*D] (rows 0..pos0-1 from earlier calls, the last n just written),
+// causal; out [n, Hq*D].
+void rope_forward_at(float *x, int N, int H, int D, float theta, int pos0);
+void attention_cached_forward(float *out, const float *q, const float *k, const float *v, int n, int pos0, int Hq,
+                              int Hkv, int D, float scale);
+
 // --- activations --------------------------------------------------------
 
 typedef enum { ACT_GELU, ACT_QUICK_GELU, ACT_SILU, ACT_GELU_TANH, ACT_RELU } Activation;

@@ -573,3 +573,52 @@ int llava_forward_loss(LlavaModel *m, const LlavaBatch *b, double *loss, int *n_
 int llava_logits(LlavaModel *m, const LlavaBatch *b, float *logits, Error *err) {
     return run(m, b, RUN_LOGITS, 0.0f, NULL, NULL, logits, err);
 }
+
+// The language model's input rows for one sequence, as run() builds them:
+// token embeddings, with each image's projected features written over its
+// image tokens. Used by generation (llava_generate.c), which then runs its
+// own cached text layers. x [L, C] is the caller's buffer.
+int llava_embed_inputs(LlavaModel *m, const int32_t *ids, int L, int n_images, const float *pixel_values, float *x,
+                       Error *err) {
+    const ModelConfig *c = &m->config;
+    int C = c->text.hidden_size;
+    LlavaBatch b = {.batch_size = 1, .seq_len = L, .input_ids = ids, .n_images = n_images, .pixel_values = pixel_values};
+    int image_rows = 0;
+    if (check_batch(m, &b, &image_rows, err) != 0) return -1;
+    Tape *t = &m->tape;
+    tape_clear(t);
+    t->failed = 0;
+    t->live_scratch = 0;
+    int32_t *image_index = malloc(sizeof(int32_t) * (size_t)(image_rows + 1));
+    uint8_t *is_image = calloc((size_t)L, 1);
+    VisionState vs = {0};
+    ProjectorActs pa = {0};
+    int rc = -1;
+    if (!image_index || !is_image) goto done;
+    for (int i = 0, k = 0; i < L; i++)
+        if (c->has_vision && ids[i] == c->image_token_index) {
+            image_index[k++] = i;
+            is_image[i] = 1;
+        }
+    embedding_forward(x, m->embed_tokens->data, ids, is_image, L, C);
+    if (n_images > 0) {
+        vs.layers = calloc((size_t)m->vision_layers_run + 1, sizeof(VisionActs));
+        if (!vs.layers) goto done;
+        Pass vp = {.m = m, .keep = 0, .vision = 1, .training = 0};
+        if (vision_forward(&vp, &vs, pixel_values, n_images) != 0) goto done;
+        Pass pp = {.m = m, .keep = 0, .vision = 0, .training = 0};
+        int projected = projector_forward(&pp, &pa, vs.features, image_rows);
+        tape_release_scratch(t, vs.features, (size_t)image_rows * c->vision.hidden_size);
+        if (projected != 0) goto done;
+        rows_scatter(x, image_index, pa.out, image_rows, C);
+        tape_release_scratch(t, pa.out, (size_t)image_rows * C);
+    }
+    rc = t->failed ? -1 : 0;
+done:
+    if (rc != 0) error_set(err, "out of memory embedding the prompt (L=%d, %d images)", L, n_images);
+    tape_clear(t);
+    free(image_index);
+    free(is_image);
+    free(vs.layers);
+    return rc;
+}

@@ -110,5 +110,9 @@ void linear_module_forward(const Linear *l, float *y, const float *x, int N, Lin
                            int vision, Rng *rng, int training);
 void linear_module_backward(const Linear *l, float *dx, int accumulate_dx, const float *dy, const float *x, int N,
                             const LinearCache *cache, Tape *tape);
+// llava_forward.c: input rows of one sequence [L, C], image features merged
+// at the image tokens exactly as the training forward merges them.
+int llava_embed_inputs(LlavaModel *m, const int32_t *ids, int L, int n_images, const float *pixel_values, float *x,
+                       Error *err);
 
 #endif
