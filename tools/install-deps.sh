@@ -13,6 +13,7 @@ packages=(
     libcriterion-dev                  # C unit tests
     python3 python3-numpy             # test-time references ...
     python3-torch python3-sentencepiece python3-pil
+    tmux                              # the chat REPL test drives vlft chat in tmux
     clang libclang-rt-14-dev libomp-14-dev  # sanitizers and libFuzzer
 )
 if [ -n "${VLFT_EXTRA_PACKAGES:-}" ]; then
