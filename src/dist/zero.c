@@ -28,23 +28,18 @@ int zero_init(Zero *z, Comm *comm, int stage, const ParamRef *params, int n_para
     z->shard = (z->total + (size_t)z->world - 1) / (size_t)z->world;
     if (z->shard == 0) z->shard = 1;
     if (stage == 0) return 0;
-    size_t bytes = z->shard * sizeof(float);
-    z->master = malloc(bytes);
-    z->grad = malloc(bytes);
     z->exp_avg = calloc(z->shard, sizeof(float));
     z->exp_avg_sq = calloc(z->shard, sizeof(float));
-    if (!z->master || !z->grad || !z->exp_avg || !z->exp_avg_sq) {
+    if (!z->exp_avg || !z->exp_avg_sq) {
         zero_free(z);
         return error_set(err, "ZeRO: out of memory for a shard of %zu elements", z->shard);
     }
-    memset(z->master, 0, bytes);
-    // copy the parts of each tensor that fall into this rank's shard
+    // copy the moments of the parts of each tensor that fall into this rank's shard
     size_t lo = (size_t)z->rank * z->shard, hi = lo + z->shard;
     for (int i = 0; i < n_params; i++) {
         size_t begin = z->offsets[i], end = begin + params[i].numel;
         size_t a = begin > lo ? begin : lo, b = end < hi ? end : hi;
         if (a >= b) continue;
-        memcpy(z->master + (a - lo), params[i].value + (a - begin), (b - a) * sizeof(float));
         memcpy(z->exp_avg + (a - lo), state->exp_avg[i] + (a - begin), (b - a) * sizeof(float));
         memcpy(z->exp_avg_sq + (a - lo), state->exp_avg_sq[i] + (a - begin), (b - a) * sizeof(float));
     }
@@ -53,8 +48,6 @@ int zero_init(Zero *z, Comm *comm, int stage, const ParamRef *params, int n_para
 
 void zero_free(Zero *z) {
     free(z->offsets);
-    free(z->master);
-    free(z->grad);
     free(z->exp_avg);
     free(z->exp_avg_sq);
     memset(z, 0, sizeof *z);
@@ -116,22 +109,29 @@ int zero_step(Zero *z, AdamW *full, ParamRef *params, int n_params, double max_n
         z->step = full->step;
         return 0;
     }
+    // staging, only for the update: the flat vector and this rank's shard
     size_t padded = z->shard * (size_t)z->world;
     float *flat = malloc(padded * sizeof(float));
-    if (flat == NULL) return error_set(err, "ZeRO: out of memory for the %zu-element staging vector", padded);
+    float *shard = malloc(z->shard * sizeof(float));
+    if (flat == NULL || shard == NULL) {
+        free(flat);
+        free(shard);
+        return error_set(err, "ZeRO: out of memory for the %zu-element staging vector", padded);
+    }
     int rc = 0;
     pack(z, flat, params, 1);
     if (z->stage == 1) {
         rc = comm_allreduce_sum_f32(z->comm, flat, padded, err);
-        if (rc == 0) memcpy(z->grad, flat + (size_t)z->rank * z->shard, z->shard * sizeof(float));
+        if (rc == 0) memcpy(shard, flat + (size_t)z->rank * z->shard, z->shard * sizeof(float));
     } else {
-        rc = comm_reduce_scatter_sum_f32(z->comm, flat, z->grad, z->shard, err);
+        rc = comm_reduce_scatter_sum_f32(z->comm, flat, shard, z->shard, err);
     }
     // the global norm from every shard's squared sum (padding adds zeros)
-    double sum_sq = rc == 0 ? sum_of_squares(z->grad, z->shard) : 0;
+    double sum_sq = rc == 0 ? sum_of_squares(shard, z->shard) : 0;
     if (rc == 0) rc = comm_allreduce_sum_f64(z->comm, &sum_sq, 1, err);
     if (rc != 0) {
         free(flat);
+        free(shard);
         return -1;
     }
     double norm = sqrt(sum_sq);
@@ -140,22 +140,27 @@ int zero_step(Zero *z, AdamW *full, ParamRef *params, int n_params, double max_n
         double coef = max_norm / (norm + 1e-6);
         if (coef < 1.0) {
             float c = (float)coef;
-            for (size_t j = 0; j < z->shard; j++) z->grad[j] *= c;
+            for (size_t j = 0; j < z->shard; j++) shard[j] *= c;
         }
     }
     z->step++;
     AdamWScalars s = adamw_scalars(z->beta1, z->beta2, z->eps, z->weight_decay, z->step, lr);
     size_t lo = (size_t)z->rank * z->shard, hi = lo + z->shard;
+    // the master values of this shard are the model's own fp32 values there
+    // (identical on every rank after each gather): updated in place
     for (int i = 0; i < n_params; i++) {
         size_t begin = z->offsets[i], end = begin + params[i].numel;
         size_t a = begin > lo ? begin : lo, b = end < hi ? end : hi;
         if (a >= b) continue;
-        adamw_update_span(z->master + (a - lo), z->grad + (a - lo), z->exp_avg + (a - lo), z->exp_avg_sq + (a - lo),
+        adamw_update_span(params[i].value + (a - begin), shard + (a - lo), z->exp_avg + (a - lo), z->exp_avg_sq + (a - lo),
                           b - a, params[i].decay, &s);
     }
-    rc = comm_allgather_f32(z->comm, z->master, flat, z->shard, err);
+    pack(z, flat, params, 0);
+    memcpy(shard, flat + lo, z->shard * sizeof(float));
+    rc = comm_allgather_f32(z->comm, shard, flat, z->shard, err);
     if (rc == 0) unpack_values(z, flat, params);
     free(flat);
+    free(shard);
     return rc;
 }
 
@@ -177,5 +182,5 @@ int zero_gather_state(Zero *z, AdamW *full, const ParamRef *params, int n_params
 
 size_t zero_state_bytes(const Zero *z) {
     if (z->stage == 0) return 2 * z->total * sizeof(float);
-    return 4 * z->shard * sizeof(float);
+    return 2 * z->shard * sizeof(float);
 }

@@ -9,7 +9,7 @@
 //   stage 0  every rank keeps the full AdamW state; gradients are all-reduced
 //            in buckets of ZERO_BUCKET elements, every rank updates everything.
 //   stage 1  all-reduce of the gradients; each rank keeps only its shard of
-//            the fp32 master values and the two moments, updates it, and the
+//            the two moments, updates the fp32 values of its shard, and the
 //            shards are all-gathered back into the model's params.
 //   stage 2  as 1, but the gradients are reduce-scattered: a rank receives
 //            only the sum of its shard (half the traffic of an all-reduce).
@@ -46,8 +46,10 @@ typedef struct {
     size_t *offsets;  // [n_params] first flat index of each tensor
     double beta1, beta2, eps, weight_decay;
     long step;
-    // stage >= 1: this rank's shard
-    float *master, *grad, *exp_avg, *exp_avg_sq;
+    // stage >= 1: this rank's shard of the two moments. Its fp32 master
+    // values are the model's own values there; the reduced gradient shard
+    // and the flat staging vector exist only during an update.
+    float *exp_avg, *exp_avg_sq;
 } Zero;
 
 // state: a full AdamW for params (hyper-parameters, step, moments), e.g.
@@ -70,8 +72,8 @@ int zero_step(Zero *z, AdamW *full, ParamRef *params, int n_params, double max_n
 // independent of the number of ranks. Collective.
 int zero_gather_state(Zero *z, AdamW *full, const ParamRef *params, int n_params, Error *err);
 
-// Bytes this rank holds between updates for the optimizer layer: moments,
-// master values and gradient shards (stage >= 1); stage 0: the full moments.
+// Bytes of optimizer state (the AdamW moments) this rank holds between
+// updates: all of them for stage 0, its shard for stages >= 1.
 size_t zero_state_bytes(const Zero *z);
 
 #endif

@@ -431,13 +431,14 @@ int trainer_run(const TrainerOptions *opt, TrainModel *model, const int *train_i
         trainer_free(&t);
         return -1;
     }
-    if (opt->progress && t.rank == 0 && t.world > 1) {
-        size_t total = 0;
-        for (int i = 0; i < model->n_params; i++) total += model->params[i].numel;
-        size_t optimizer_bytes = zero_state_bytes(&t.zero), working = 2 * total * sizeof(float);
-        fprintf(stderr, "data parallel: %d ranks, ZeRO stage %d, %zu trainable values; per rank: optimizer state "
-                        "%zu bytes, model working values+grads %zu bytes (not sharded), total %zu bytes\n",
-                t.world, t.zero.stage, total, optimizer_bytes, working, optimizer_bytes + working);
+    if (opt->progress && t.rank == 0) {
+        // what data parallelism divides and what it does not (docs/distributed.md)
+        size_t values_bytes = t.zero.total * sizeof(float);
+        size_t moments_bytes = zero_state_bytes(&t.zero);
+        fprintf(stderr, "memory per rank (%d rank%s, ZeRO stage %d): optimizer moments %zu bytes, fp32 trainable values "
+                        "%zu + grads %zu bytes (full copies on every rank), total %zu bytes\n",
+                t.world, t.world == 1 ? "" : "s", t.zero.stage, moments_bytes, values_bytes, values_bytes,
+                moments_bytes + 2 * values_bytes);
     }
     if (opt->progress && t.rank == 0)
         fprintf(stderr, "training: %d samples, %d micro-batches of %d per epoch, accumulation %d, %d steps (%d warmup), %d epoch%s\n",
