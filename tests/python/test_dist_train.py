@@ -51,7 +51,7 @@ def settings(model, data, out, accum, steps, save_steps):
                 val_size=0, threads=1, max_grad_norm=1.0, weight_decay=0.01)
 
 
-def mpirun_train(recipe, ranks=2, **popen):
+def mpirun_train(recipe, ranks=2):
     return subprocess.run(MPIRUN + [str(ranks), VLFT, "train", recipe], capture_output=True, text=True, timeout=300)
 
 
@@ -190,3 +190,14 @@ def test_bad_deepspeed_config_is_one_line():
     assert r.returncode == 1
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "ds.json" in lines[0] and "stage" in lines[0], r.stderr
+
+
+def test_zero_updates_equal_one_process_on_uneven_shards():
+    build = os.environ.get("VLFT_BUILD", os.path.join(os.path.dirname(__file__), "..", "..", "build"))
+    selftest = os.path.join(build, "tests", "bin", "zero_selftest")
+    r = subprocess.run([selftest], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "zero ok rank 0 of 1" in r.stdout, r.stderr
+    r = subprocess.run(MPIRUN + ["3", selftest], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for rank in range(3):
+        assert f"zero ok rank {rank} of 3" in r.stdout
