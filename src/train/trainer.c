@@ -441,8 +441,9 @@ int trainer_run(const TrainerOptions *opt, TrainModel *model, const int *train_i
                 moments_bytes + 2 * values_bytes);
     }
     if (opt->progress && t.rank == 0)
-        fprintf(stderr, "training: %d samples, %d micro-batches of %d per epoch, accumulation %d, %d steps (%d warmup), %d epoch%s\n",
-                n_train, t.plan.batches_per_epoch, opt->batch_size, opt->grad_accum, t.plan.max_steps,
+        fprintf(stderr, "training: %d samples, %d micro-batches of %d per epoch, accumulation %d%s, %d steps (%d warmup), %d epoch%s\n",
+                n_train, t.plan.batches_per_epoch, opt->batch_size, opt->grad_accum, t.world > 1 ? " on every rank" : "",
+                t.plan.max_steps,
                 t.plan.warmup_steps, t.plan.num_epochs, t.plan.num_epochs == 1 ? "" : "s");
     struct sigaction action, previous;
     memset(&action, 0, sizeof action);
