@@ -7,7 +7,7 @@
 // world * shard. Rank r owns elements [r * shard, (r + 1) * shard).
 //
 //   stage 0  every rank keeps the full AdamW state; gradients are all-reduced
-//            in buckets of ZERO_BUCKET elements, every rank updates everything.
+//            in buckets of `bucket` elements, every rank updates everything.
 //   stage 1  all-reduce of the gradients; each rank keeps only its shard of
 //            the two moments, updates the fp32 values of its shard, and the
 //            shards are all-gathered back into the model's params.
@@ -15,7 +15,8 @@
 //            only the sum of its shard (half the traffic of an all-reduce).
 //   stage 3  as 2 here (see below): the parameters are not yet gathered
 //            layer by layer, because the model keeps full working copies.
-// The staging buffer for the flat vector (world * shard floats) exists only
+// Stages 1-3 move the shards in pieces of bucket / world elements per rank;
+// the reduced gradient shard and one piece per rank of staging exist only
 // during an update.
 // What is NOT sharded (the model owns these, see docs/distributed.md): the
 // model's working fp32 values and gradient buffers of params[], which the
@@ -35,7 +36,7 @@
 #include "../train/params.h"
 #include "comm.h"
 
-enum { ZERO_BUCKET = 1 << 22 };  // elements per all-reduce of stage 0 (16 MiB)
+enum { ZERO_BUCKET = 1 << 22 };  // default elements per collective call (16 MiB)
 
 typedef struct {
     Comm *comm;
@@ -46,6 +47,7 @@ typedef struct {
     size_t *offsets;  // [n_params] first flat index of each tensor
     double beta1, beta2, eps, weight_decay;
     long step;
+    size_t bucket;    // elements per collective call (ZERO_BUCKET; tests make it small)
     // stage >= 1: this rank's shard of the two moments. Its fp32 master
     // values are the model's own values there; the reduced gradient shard
     // and the flat staging vector exist only during an update.

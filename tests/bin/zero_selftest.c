@@ -28,7 +28,9 @@ static double worst_relative(const float *a, const float *b, size_t n) {
     return worst;
 }
 
-static int check_stage(Comm *comm, int stage) {
+// bucket: elements per collective call (0: the default), small to cut the
+// shards into several pieces and the stage-0 tensors into several buckets.
+static int check_stage(Comm *comm, int stage, size_t bucket) {
     int rank = comm_rank(comm), world = comm_size(comm);
     Error err;
     float *value[N_TENSORS], *grad[N_TENSORS], *ref_value[N_TENSORS], *ref_grad[N_TENSORS];
@@ -56,6 +58,7 @@ static int check_stage(Comm *comm, int stage) {
         fprintf(stderr, "zero_selftest: %s\n", err.message);
         return 1;
     }
+    if (bucket) zero.bucket = bucket;
     for (int t = 1; t <= STEPS && !bad; t++) {
         for (int i = 0; i < N_TENSORS; i++)
             for (size_t j = 0; j < sizes[i]; j++) {
@@ -120,7 +123,10 @@ int main(int argc, char **argv) {
         return 1;
     }
     int bad = 0;
-    for (int stage = 0; stage <= 3; stage++) bad |= check_stage(comm, stage);
+    for (int stage = 0; stage <= 3; stage++) {
+        bad |= check_stage(comm, stage, 0);
+        bad |= check_stage(comm, stage, 100);  // pieces of 100 / N per rank; tensor b (1031) above a bucket
+    }
     if (!bad) printf("zero ok rank %d of %d\n", comm_rank(comm), comm_size(comm));
     fflush(stdout);
     comm_finalize(comm);
