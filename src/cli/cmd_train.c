@@ -6,6 +6,8 @@
 #include "../train/recipe.h"
 #include "../train/sft.h"
 #include "../base/error.h"
+#include "../dist/comm.h"
+#include "../dist/deepspeed_config.h"
 #include "../train/trainer.h"
 #include "commands.h"
 
@@ -26,7 +28,47 @@ static void write_update(void *user, const TrainUpdate *u) {
     fflush((FILE *)user);
 }
 
+// The ZeRO stage: the recipe's zero_stage, else its DeepSpeed file's
+// (relative paths as LLaMA-Factory resolves them: from the working folder).
+static int zero_stage_of(const Recipe *recipe, int *stage, Error *err) {
+    *stage = 0;
+    if (recipe->zero_stage >= 0) {
+        *stage = recipe->zero_stage;
+        return 0;
+    }
+    if (recipe->deepspeed == NULL || recipe->deepspeed[0] == '\0') return 0;
+    return deepspeed_zero_stage(recipe->deepspeed, stage, err);
+}
+
+// An error on one rank ends every rank (comm_abort prints which rank);
+// with one process it is the usual one line.
+static int fail(Comm *comm, const char *message, int code) {
+    if (comm_is_distributed(comm)) {
+        char line[1200];
+        snprintf(line, sizeof line, "vlft train: %s", message);
+        comm_abort(comm, code, line);
+    }
+    fprintf(stderr, "vlft train: %s\n", message);
+    return code;
+}
+
+static int train_with_comm(Comm *comm, int argc, char **argv);
+
 int command_train(int argc, char **argv) {
+    // MPI starts only when mpirun launched this process
+    Error err;
+    Comm *comm = comm_init(&argc, &argv, &err);
+    if (comm == NULL) {
+        fprintf(stderr, "vlft train: %s\n", err.message);
+        return EXIT_BAD_INPUT;
+    }
+    int code = train_with_comm(comm, argc, argv);
+    comm_finalize(comm);
+    return code;
+}
+
+static int train_with_comm(Comm *comm, int argc, char **argv) {
+    int rank = comm_rank(comm);
     const char *path = NULL, *log_updates = NULL, *save_initial = NULL;
     int print_config = 0;
     for (int i = 1; i < argc; i++) {
@@ -52,14 +94,10 @@ int command_train(int argc, char **argv) {
     }
     Recipe recipe;
     Error err;
-    if (recipe_load(&recipe, path, stderr, &err) != 0) {
-        fprintf(stderr, "vlft train: %s\n", err.message);
-        return EXIT_BAD_INPUT;
-    }
+    if (recipe_load(&recipe, path, rank == 0 ? stderr : NULL, &err) != 0) return fail(comm, err.message, EXIT_BAD_INPUT);
     if (recipe_validate(&recipe, path, &err) != 0) {
-        fprintf(stderr, "vlft train: %s\n", err.message);
         recipe_free(&recipe);
-        return EXIT_BAD_INPUT;
+        return fail(comm, err.message, EXIT_BAD_INPUT);
     }
     if (print_config) {
         recipe_print(&recipe, stdout);
@@ -72,24 +110,25 @@ int command_train(int argc, char **argv) {
     char resume[4096] = "";
     SftSession session;
     int rc = trainer_options_from_recipe(&options, &recipe, &err);
+    if (rc == 0) rc = zero_stage_of(&recipe, &options.zero_stage, &err);
     if (rc == 0) rc = trainer_check_output_dir(&options, resume, sizeof resume, &err);
-    if (rc == 0) rc = sft_open(&session, &recipe, stderr, &err);
+    if (rc == 0) rc = sft_open(&session, &recipe, rank == 0 ? stderr : NULL, &err);
     if (rc != 0) {
-        fprintf(stderr, "vlft train: %s\n", err.message);
         recipe_free(&recipe);
-        return EXIT_BAD_INPUT;
+        return fail(comm, err.message, EXIT_BAD_INPUT);
     }
-    if (resume[0]) fprintf(stderr, "resuming from %s\n", resume);
+    options.comm = comm;
+    options.progress = rank == 0;
+    if (resume[0] && rank == 0) fprintf(stderr, "resuming from %s\n", resume);
     TrainModel model = sft_train_model(&session);
     FILE *updates = NULL;
-    if (rc == 0 && save_initial) rc = model.save_weights(model.ctx, save_initial, &err);
-    if (rc == 0 && log_updates && (updates = fopen(log_updates, "a")) == NULL)
+    if (rc == 0 && save_initial && rank == 0) rc = model.save_weights(model.ctx, save_initial, &err);
+    if (rc == 0 && log_updates && rank == 0 && (updates = fopen(log_updates, "a")) == NULL)
         rc = error_set(&err, "%s: cannot open for writing", log_updates);
     if (rc != 0) {
-        fprintf(stderr, "vlft train: %s\n", err.message);
         sft_close(&session);
         recipe_free(&recipe);
-        return EXIT_BAD_INPUT;
+        return fail(comm, err.message, EXIT_BAD_INPUT);
     }
     if (updates) {
         options.on_update = write_update;
@@ -107,12 +146,11 @@ int command_train(int argc, char **argv) {
     sft_close(&session);
     int exit_code = EXIT_OK;
     if (rc < 0) {
-        fprintf(stderr, "vlft train: %s\n", err.message);
-        exit_code = EXIT_BAD_INPUT;
+        exit_code = fail(comm, err.message, EXIT_BAD_INPUT);
     } else if (rc == TRAIN_INTERRUPTED) {
-        fprintf(stderr, "vlft train: interrupted; resume with resume_from_checkpoint: true\n");
+        if (rank == 0) fprintf(stderr, "vlft train: interrupted; resume with resume_from_checkpoint: true\n");
         exit_code = 130;
-    } else {
+    } else if (rank == 0) {
         int lora = strcmp(recipe.finetuning_type, "lora") == 0;
         printf("%s written to %s/%s\n", lora ? "adapter" : "model", recipe.output_dir,
                lora ? "adapter_model.safetensors" : "");

@@ -42,11 +42,15 @@ void adamw_free(AdamW *opt) {
     memset(opt, 0, sizeof *opt);
 }
 
-// One tensor's update; restrict lets the compiler vectorise the loop.
-// Element-wise and independent: the thread count changes nothing.
-static void adamw_update_tensor(float *restrict p, const float *restrict g, float *restrict m, float *restrict v,
-                                long long numel, float decay_keep, float beta1, float one_minus_beta1, float beta2,
-                                float one_minus_beta2, float step_size, float bc2_sqrt, float eps) {
+// One span's update; restrict lets the compiler vectorise the loop.
+// Element-wise and independent: the thread count changes nothing, and a
+// span cut out of a tensor (a ZeRO shard) gets exactly the same bits.
+void adamw_update_span(float *restrict p, const float *restrict g, float *restrict m, float *restrict v, size_t n,
+                       int decay, const AdamWScalars *s) {
+    float decay_keep = decay ? s->decay_keep : 1.0f;
+    float beta1 = s->beta1, one_minus_beta1 = s->one_minus_beta1, beta2 = s->beta2,
+          one_minus_beta2 = s->one_minus_beta2, step_size = s->step_size, bc2_sqrt = s->bc2_sqrt, eps = s->eps;
+    long long numel = (long long)n;
 #pragma omp parallel for schedule(static) if (numel > 32768)
     for (long long j = 0; j < numel; j++) {
         float decayed = p[j] * decay_keep;  // decay_keep is 1 for tensors without weight decay
@@ -59,21 +63,28 @@ static void adamw_update_tensor(float *restrict p, const float *restrict g, floa
     }
 }
 
+AdamWScalars adamw_scalars(double beta1, double beta2, double eps, double weight_decay, long step, double lr) {
+    double bias_correction1 = 1.0 - pow(beta1, (double)step);
+    double bias_correction2 = 1.0 - pow(beta2, (double)step);
+    // scalars as PyTorch passes them to its fp32 kernels
+    AdamWScalars s;
+    s.decay_keep = weight_decay != 0 ? (float)(1.0 - lr * weight_decay) : 1.0f;
+    s.beta1 = (float)beta1;
+    s.one_minus_beta1 = (float)(1.0 - beta1);
+    s.beta2 = (float)beta2;
+    s.one_minus_beta2 = (float)(1.0 - beta2);
+    s.step_size = (float)(lr / bias_correction1);
+    s.bc2_sqrt = (float)sqrt(bias_correction2);
+    s.eps = (float)eps;
+    return s;
+}
+
 void adamw_step(AdamW *opt, ParamRef *params, int n_params, double lr) {
     opt->step++;
-    double bias_correction1 = 1.0 - pow(opt->beta1, (double)opt->step);
-    double bias_correction2 = 1.0 - pow(opt->beta2, (double)opt->step);
-    // scalars as PyTorch passes them to its fp32 kernels
-    float decay_keep = (float)(1.0 - lr * opt->weight_decay);
-    float beta1 = (float)opt->beta1, one_minus_beta1 = (float)(1.0 - opt->beta1);
-    float beta2 = (float)opt->beta2, one_minus_beta2 = (float)(1.0 - opt->beta2);
-    float step_size = (float)(lr / bias_correction1);
-    float bc2_sqrt = (float)sqrt(bias_correction2);
-    float eps = (float)opt->eps;
+    AdamWScalars s = adamw_scalars(opt->beta1, opt->beta2, opt->eps, opt->weight_decay, opt->step, lr);
     for (int i = 0; i < n_params; i++)
-        adamw_update_tensor(params[i].value, params[i].grad, opt->exp_avg[i], opt->exp_avg_sq[i],
-                            (long long)params[i].numel, params[i].decay && opt->weight_decay != 0 ? decay_keep : 1.0f,
-                            beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, bc2_sqrt, eps);
+        adamw_update_span(params[i].value, params[i].grad, opt->exp_avg[i], opt->exp_avg_sq[i], params[i].numel,
+                          params[i].decay, &s);
 }
 
 // Sum of squares of x[0..n) in double, over fixed blocks of NORM_BLOCK
@@ -81,7 +92,7 @@ void adamw_step(AdamW *opt, ParamRef *params, int n_params, double lr) {
 // so a resumed run on another machine clips exactly as the first one did.
 enum { NORM_BLOCK = 1 << 16 };
 
-static double sum_of_squares(const float *x, size_t n) {
+double sum_of_squares(const float *x, size_t n) {
     long long n_blocks = (long long)((n + NORM_BLOCK - 1) / NORM_BLOCK);
     double total = 0;
     if (n_blocks <= 1) {

@@ -32,6 +32,21 @@ void adamw_free(AdamW *opt);
 // One update of every param from its grad with learning rate lr.
 void adamw_step(AdamW *opt, ParamRef *params, int n_params, double lr);
 
+// The fp32 scalars of update number `step` (1-based) at learning rate lr,
+// computed in double as Python does and rounded as PyTorch passes them.
+typedef struct {
+    float decay_keep, beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, bc2_sqrt, eps;
+} AdamWScalars;
+AdamWScalars adamw_scalars(double beta1, double beta2, double eps, double weight_decay, long step, double lr);
+// Updates n consecutive elements p (with grads g, moments m, v) as
+// adamw_step does; decay: the elements' ParamRef.decay. Used per tensor by
+// adamw_step and per shard by ZeRO (src/dist/zero.h).
+void adamw_update_span(float *p, const float *g, float *m, float *v, size_t n, int decay, const AdamWScalars *s);
+
+// Sum of squares of x[0..n) in double, in fixed blocks (same bits for any
+// thread count).
+double sum_of_squares(const float *x, size_t n);
+
 // The global L2 norm over every grad; when max_norm > 0 and
 // max_norm / (norm + 1e-6) < 1 the grads are scaled by that coefficient.
 // Returns the norm before clipping (what transformers logs as grad_norm).

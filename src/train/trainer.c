@@ -103,7 +103,7 @@ static void epoch_order(int *order, int n, int seed, int epoch) {
 // ---------------------------------------------------------------- progress
 
 static void progress_update(Trainer *t, double loss, double lr, int final) {
-    if (!t->opt->progress) return;
+    if (!t->opt->progress || t->rank != 0) return;
     double elapsed = train_now_seconds() - t->start_time;
     int done = t->now.global_step - t->start_step;
     double samples = (double)done * t->plan.batch_size * t->plan.grad_accum;
@@ -129,7 +129,7 @@ static void progress_update(Trainer *t, double loss, double lr, int final) {
 // Between updates on a terminal: which micro-batch of the accumulation is
 // done, so a slow step (a 6B model on CPU) visibly progresses.
 static void progress_micro(Trainer *t, int done_in_accumulation) {
-    if (!t->opt->progress || !t->tty) return;
+    if (!t->opt->progress || !t->tty || t->rank != 0) return;
     fprintf(stderr, "\r%d/%d: micro-batch %d/%d done\033[K", t->now.global_step + 1, t->plan.max_steps,
             done_in_accumulation, t->plan.grad_accum);
     fflush(stderr);
@@ -163,13 +163,33 @@ static int evaluate(Trainer *t, Error *err) {
 
 // ---------------------------------------------------------------- the loop
 
+// Saves t->boundary as checkpoint-N. Every rank calls it: for ZeRO stages
+// >= 1 the optimizer shards are first gathered into one full state (the
+// checkpoint is then the same whatever the number of ranks), and rank 0
+// alone writes. A failure on rank 0 comes back as -1 there; cmd_train then
+// ends every rank.
+static int save_checkpoint_all_ranks(Trainer *t, int training_stopped, Error *err) {
+    const TrainerOptions *o = t->opt;
+    int rc = 0;
+    if (t->zero.stage >= 1) {
+        if (adamw_init(&t->adamw, t->model->params, t->model->n_params, o->adam_beta1, o->adam_beta2, o->adam_epsilon,
+                       o->weight_decay, err) != 0)
+            return -1;
+        rc = zero_gather_state(&t->zero, &t->adamw, t->model->params, t->model->n_params, err);
+    }
+    if (rc == 0 && t->rank == 0) rc = checkpoint_save(t, training_stopped, err);
+    if (t->zero.stage >= 1) adamw_free(&t->adamw);
+    t->last_saved_step = t->boundary.global_step;
+    return rc;
+}
+
 static int one_update(Trainer *t, double update_loss, Error *err, int *stop) {
     const TrainerOptions *o = t->opt;
     TrainModel *m = t->model;
     Position *now = &t->now;
-    double grad_norm = clip_grad_norm(m->params, m->n_params, o->max_grad_norm);
+    double grad_norm = 0;
     double lr = o->learning_rate * schedule_lambda(t->plan.kind, now->global_step, t->plan.warmup_steps, t->plan.max_steps);
-    adamw_step(&t->adamw, m->params, m->n_params, lr);
+    if (zero_step(&t->zero, &t->adamw, m->params, m->n_params, o->max_grad_norm, lr, &grad_norm, err) != 0) return -1;
     m->zero_grad(m->ctx);
     now->global_step++;
     // transformers logs the scheduler's learning rate after its step: the next update's
@@ -189,15 +209,16 @@ static int one_update(Trainer *t, double update_loss, Error *err, int *stop) {
         e.learning_rate = next_lr;
         now->loss_since_log = 0;
         now->last_logged_step = now->global_step;
-        if (train_log_push(t, &e, err) != 0 || train_log_line(t, &e, err) != 0) return -1;
+        if (train_log_push(t, &e, err) != 0 || (t->rank == 0 && train_log_line(t, &e, err) != 0)) return -1;
     }
     int eval_every = o->eval_steps > 0 ? o->eval_steps : o->logging_steps;
-    if (o->eval_strategy == EVAL_STEPS && t->n_eval > 0 && m->eval_loss && now->global_step % eval_every == 0) {
+    if (t->rank == 0 && o->eval_strategy == EVAL_STEPS && t->n_eval > 0 && m->eval_loss &&
+        now->global_step % eval_every == 0) {
         if (evaluate(t, err) != 0 || train_log_line(t, &t->log[t->n_log - 1], err) != 0) return -1;
     }
     t->boundary = *now;
     progress_update(t, update_loss, next_lr, *stop);
-    if (now->global_step % o->save_steps == 0 || *stop) return checkpoint_save(t, *stop, err);
+    if (now->global_step % o->save_steps == 0 || *stop) return save_checkpoint_all_ranks(t, *stop, err);
     return 0;
 }
 
@@ -212,14 +233,15 @@ static int plan_epoch(Trainer *t, int first, int batches_run, Error *err) {
         free(sizes);
         return error_set(err, "out of memory planning an epoch");
     }
-    int count = 0;
+    int count = 0, planned = 0;
     for (int b = first; b < batches_run; b++) {
+        if (b % t->world != t->rank) continue;  // another rank's micro-batch
         int begin = b * batch_size;
         int n = t->n_train - begin < batch_size ? t->n_train - begin : batch_size;
-        sizes[b - first] = n;
+        sizes[planned++] = n;
         for (int i = 0; i < n; i++) ids[count++] = t->train_ids[t->order[begin + i]];
     }
-    int rc = t->model->plan_epoch(t->model->ctx, ids, sizes, n_batches, err);
+    int rc = planned > 0 ? t->model->plan_epoch(t->model->ctx, ids, sizes, planned, err) : 0;
     free(ids);
     free(sizes);
     return rc;
@@ -238,18 +260,36 @@ static int train_loop(Trainer *t, int *interrupted, Error *err) {
         t->now.epoch = epoch;
         if (m->plan_epoch && plan_epoch(t, first, batches_run, err) != 0) return -1;
         for (int b = first; b < batches_run && !stop; b++) {
-            int begin = b * plan->batch_size;
-            int n = t->n_train - begin < plan->batch_size ? t->n_train - begin : plan->batch_size;
-            for (int i = 0; i < n; i++) t->batch_ids[i] = t->train_ids[t->order[begin + i]];
-            double loss;
-            if (m->forward_backward(m->ctx, t->batch_ids, n, 1.0f / (float)plan->grad_accum, &loss, err) != 0) return -1;
-            double step_loss = loss / plan->grad_accum;
-            if (isnan(step_loss) || isinf(step_loss))  // transformers' logging_nan_inf_filter
-                step_loss = t->now.loss_since_log / (1 + t->now.global_step - t->now.last_logged_step);
-            t->now.loss_since_log += step_loss;
-            t->now.total_loss += step_loss;
-            update_loss += step_loss;
+            if (b % t->world == t->rank) {  // this rank's micro-batch (all of them with one rank)
+                int begin = b * plan->batch_size;
+                int n = t->n_train - begin < plan->batch_size ? t->n_train - begin : plan->batch_size;
+                for (int i = 0; i < n; i++) t->batch_ids[i] = t->train_ids[t->order[begin + i]];
+                double loss;
+                // plan->grad_accum counts the micro-batches of all ranks, so
+                // the sum over ranks of these gradients is DDP's mean
+                if (m->forward_backward(m->ctx, t->batch_ids, n, 1.0f / (float)plan->grad_accum, &loss, err) != 0)
+                    return -1;
+                double step_loss = loss / plan->grad_accum;
+                if (isnan(step_loss) || isinf(step_loss))  // transformers' logging_nan_inf_filter
+                    step_loss = t->now.loss_since_log / (1 + t->now.global_step - t->now.last_logged_step);
+                t->now.loss_since_log += step_loss;
+                t->now.total_loss += step_loss;
+                update_loss += step_loss;
+            }
             int sync = (b + 1) % plan->grad_accum == 0 || b + 1 == plan->batches_per_epoch;
+            int stop_now = interrupt_requested;
+            if (sync && t->world > 1) {
+                // the update's loss is the sum of every rank's part; Ctrl-C
+                // (or a signal reaching one rank) stops all at the same update
+                double shared[2] = {update_loss, interrupt_requested ? 1.0 : 0.0};
+                if (comm_allreduce_sum_f64(t->comm, shared, 2, err) != 0) return -1;
+                t->now.loss_since_log += shared[0] - update_loss;
+                t->now.total_loss += shared[0] - update_loss;
+                update_loss = shared[0];
+                stop_now = shared[1] > 0;
+            } else if (t->world > 1) {
+                stop_now = 0;  // ranks agree on stopping only at an update
+            }
             if (sync) {
                 t->now.micro = b + 1;
                 t->now.epoch_progress = epoch + (double)(b + 1) / plan->batches_per_epoch;
@@ -262,12 +302,12 @@ static int train_loop(Trainer *t, int *interrupted, Error *err) {
             } else {
                 progress_micro(t, b % plan->grad_accum + 1);
             }
-            if (interrupt_requested) {
+            if (stop_now) {
                 *interrupted = 1;
                 return 0;
             }
         }
-        if (!stop && o->eval_strategy == EVAL_EPOCH && t->n_eval > 0 && m->eval_loss) {
+        if (!stop && t->rank == 0 && o->eval_strategy == EVAL_EPOCH && t->n_eval > 0 && m->eval_loss) {
             // (the position stays at the last update: micro-batches run after it
             // may still be waiting for the next epoch's first update)
             if (evaluate(t, err) != 0 || train_log_line(t, &t->log[t->n_log - 1], err) != 0) return -1;
@@ -278,6 +318,7 @@ static int train_loop(Trainer *t, int *interrupted, Error *err) {
 
 static void trainer_free(Trainer *t) {
     adamw_free(&t->adamw);
+    zero_free(&t->zero);
     free(t->log);
     for (int i = 0; i < t->n_jsonl; i++) free(t->jsonl[i]);
     free(t->jsonl);
@@ -287,6 +328,7 @@ static void trainer_free(Trainer *t) {
 
 static int finish(Trainer *t, double train_start, Error *err) {
     const TrainerOptions *o = t->opt;
+    if (t->rank != 0) return 0;  // rank 0 writes the outputs
     double runtime = train_now_seconds() - train_start;
     if (runtime <= 0) runtime = 1e-9;
     LogEntry final = {.kind = LOG_FINAL, .step = t->now.global_step, .epoch = t->now.epoch_progress};
@@ -341,7 +383,14 @@ int trainer_run(const TrainerOptions *opt, TrainModel *model, const int *train_i
     t.eval_ids = eval_ids;
     t.n_eval = eval_ids ? n_eval : 0;
     t.tty = isatty(STDERR_FILENO);
-    if (schedule_plan(&t.plan, n_train, opt->batch_size, opt->grad_accum, opt->num_train_epochs, opt->max_steps,
+    t.comm = opt->comm;
+    t.rank = t.comm ? comm_rank(t.comm) : 0;
+    t.world = t.comm ? comm_size(t.comm) : 1;
+    // every rank has read output_dir before rank 0 starts writing into it
+    if (t.comm && comm_barrier(t.comm, err) != 0) return -1;
+    // one update takes grad_accum micro-batches on each of the world ranks:
+    // planned as one process accumulating grad_accum * world
+    if (schedule_plan(&t.plan, n_train, opt->batch_size, opt->grad_accum * t.world, opt->num_train_epochs, opt->max_steps,
                       opt->warmup_ratio, opt->warmup_steps, opt->schedule, opt->output_dir, err) != 0)
         return -1;
     for (int i = 0; i < n_train; i++)
@@ -355,25 +404,46 @@ int trainer_run(const TrainerOptions *opt, TrainModel *model, const int *train_i
         return error_set(err, "%s: out of memory for the trainer", opt->output_dir);
     }
     int rc = 0;
-    if (make_dirs(opt->output_dir, err) != 0) rc = -1;
-    if (rc == 0 && resume_dir[0] == '\0' && opt->overwrite_output_dir) rc = checkpoint_clear_previous_run(opt->output_dir, err);
-    if (rc == 0) checkpoint_remove_stale_temps(opt->output_dir);
+    if (t.rank == 0) {
+        if (make_dirs(opt->output_dir, err) != 0) rc = -1;
+        if (rc == 0 && resume_dir[0] == '\0' && opt->overwrite_output_dir)
+            rc = checkpoint_clear_previous_run(opt->output_dir, err);
+        if (rc == 0) checkpoint_remove_stale_temps(opt->output_dir);
+    }
     model->zero_grad(model->ctx);
     if (rc == 0 && resume_dir[0] != '\0') {
         rc = checkpoint_load(&t, resume_dir, err);
         if (rc != 0) error_prefix(err, "resuming");
-        else if (opt->progress) fprintf(stderr, "resuming from %s (step %d of %d)\n", resume_dir, t.now.global_step, t.plan.max_steps);
+        else if (opt->progress && t.rank == 0) fprintf(stderr, "resuming from %s (step %d of %d)\n", resume_dir, t.now.global_step, t.plan.max_steps);
     } else if (model->rng) {
         memcpy(t.now.rng_state, model->rng->state, sizeof t.now.rng_state);
         t.boundary = t.now;
     }
+    if (rc == 0 && t.world > 1) {
+        // every rank starts from rank 0's values (LoRA initialisation included)
+        for (int i = 0; i < model->n_params && rc == 0; i++)
+            rc = comm_broadcast(t.comm, model->params[i].value, model->params[i].numel * sizeof(float), 0, err);
+    }
+    if (rc == 0) rc = zero_init(&t.zero, t.comm, opt->zero_stage, model->params, model->n_params, &t.adamw, err);
+    // stages >= 1: the full moments were only needed to hand this rank its shard
+    if (rc == 0 && t.zero.stage >= 1) adamw_free(&t.adamw);
     if (rc != 0) {
         trainer_free(&t);
         return -1;
     }
-    if (opt->progress)
-        fprintf(stderr, "training: %d samples, %d micro-batches of %d per epoch, accumulation %d, %d steps (%d warmup), %d epoch%s\n",
-                n_train, t.plan.batches_per_epoch, opt->batch_size, opt->grad_accum, t.plan.max_steps,
+    if (opt->progress && t.rank == 0) {
+        // what data parallelism divides and what it does not (docs/distributed.md)
+        size_t values_bytes = t.zero.total * sizeof(float);
+        size_t moments_bytes = zero_state_bytes(&t.zero);
+        fprintf(stderr, "memory per rank (%d rank%s, ZeRO stage %d): optimizer moments %zu bytes, fp32 trainable values "
+                        "%zu + grads %zu bytes (full copies on every rank), total %zu bytes\n",
+                t.world, t.world == 1 ? "" : "s", t.zero.stage, moments_bytes, values_bytes, values_bytes,
+                moments_bytes + 2 * values_bytes);
+    }
+    if (opt->progress && t.rank == 0)
+        fprintf(stderr, "training: %d samples, %d micro-batches of %d per epoch, accumulation %d%s, %d steps (%d warmup), %d epoch%s\n",
+                n_train, t.plan.batches_per_epoch, opt->batch_size, opt->grad_accum, t.world > 1 ? " on every rank" : "",
+                t.plan.max_steps,
                 t.plan.warmup_steps, t.plan.num_epochs, t.plan.num_epochs == 1 ? "" : "s");
     struct sigaction action, previous;
     memset(&action, 0, sizeof action);
@@ -387,11 +457,14 @@ int trainer_run(const TrainerOptions *opt, TrainModel *model, const int *train_i
     rc = train_loop(&t, &interrupted, err);
     if (rc == 0 && interrupted) {
         // the state of the last completed update, unless that is saved already
-        if (t.last_saved_step != t.boundary.global_step || t.boundary.global_step == 0) rc = checkpoint_save(&t, 0, err);
+        if (t.last_saved_step != t.boundary.global_step || t.boundary.global_step == 0)
+            rc = save_checkpoint_all_ranks(&t, 0, err);
         if (rc == 0) {
-            if (t.tty && opt->progress) fputc('\n', stderr);
-            fprintf(stderr, "interrupted: saved %s/checkpoint-%d; set resume_from_checkpoint: true to continue\n",
-                    opt->output_dir, t.boundary.global_step);
+            if (t.rank == 0) {
+                if (t.tty && opt->progress) fputc('\n', stderr);
+                fprintf(stderr, "interrupted: saved %s/checkpoint-%d; set resume_from_checkpoint: true to continue\n",
+                        opt->output_dir, t.boundary.global_step);
+            }
             rc = TRAIN_INTERRUPTED;
         }
     } else if (rc == 0) {

@@ -135,6 +135,14 @@ typedef struct {
     int eval_steps;                      // 0 = logging_steps
     int plot_loss;
     int progress;                        // 1: progress on stderr (a bar on a tty, lines otherwise)
+    // Data parallel (src/dist): the communicator of the ranks started by
+    // mpirun, or NULL for one process. With N ranks an update consumes
+    // grad_accum * N micro-batches of the epoch's order, rank r running the
+    // ones whose index is r modulo N (accelerate's sharding), so the run
+    // equals one process with grad_accum * N. Only rank 0 writes files and
+    // prints progress.
+    struct Comm *comm;
+    int zero_stage;                      // 0..3 (see src/dist/zero.h)
     // optional observer of every update
     void (*on_update)(void *user, const TrainUpdate *update);
     void *user;

@@ -10,6 +10,7 @@
 #include <cJSON.h>
 #include <stdint.h>
 
+#include "../dist/zero.h"
 #include "optimizer.h"
 #include "trainer.h"
 
@@ -43,7 +44,10 @@ typedef struct {
     const TrainerOptions *opt;
     TrainModel *model;
     TrainPlan plan;
-    AdamW adamw;
+    AdamW adamw;     // full optimizer state (ZeRO stage 0); for stages >= 1 only while loading or saving
+    Zero zero;
+    Comm *comm;      // NULL: one process
+    int rank, world;
     Position now, boundary;
     LogEntry *log;
     int n_log, cap_log;
