@@ -1,0 +1,101 @@
+"""Reliability: a training run SIGKILLed 20 times (half of them while a
+checkpoint is being written) resumes to the uninterrupted run's bytes and
+leaves only loadable checkpoints; a disk that fills while saving leaves the
+previous outputs intact; dataset paths may not escape dataset_dir."""
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+
+from test_train_cli import base_settings, small_setup, write_recipe
+from vlft_testing import VLFT, read_safetensors, run_vlft, tempdir
+
+KILL_STEPS = 24
+
+
+def check_checkpoints_load(out):
+    """Every checkpoint-N folder is complete: each safetensors file reads with
+    the independent reader, each JSON parses, and vlft itself opens the
+    adapter. Returns the step numbers found."""
+    steps = []
+    for name in sorted(os.listdir(out)):
+        if not name.startswith("checkpoint-"):
+            continue
+        path = os.path.join(out, name)
+        files = set(os.listdir(path))
+        for needed in ("adapter_model.safetensors", "adapter_config.json", "trainable.safetensors",
+                       "optimizer.safetensors", "trainer_state.json", "vlft_state.json"):
+            assert needed in files, (name, sorted(files))
+        for f in files:
+            if f.endswith(".safetensors"):
+                tensors, _ = read_safetensors(os.path.join(path, f))
+                assert tensors, (name, f)
+            elif f.endswith(".json"):
+                with open(os.path.join(path, f)) as fh:
+                    json.load(fh)
+        with open(os.path.join(path, "vlft_state.json")) as fh:
+            assert json.load(fh)["global_step"] == int(name.split("-")[1])
+        run_vlft("tensors", os.path.join(path, "adapter_model.safetensors"))
+        steps.append(int(name.split("-")[1]))
+    return steps
+
+
+def temp_checkpoints(out):
+    return [n for n in os.listdir(out) if n.startswith(".tmp-checkpoint-")] if os.path.isdir(out) else []
+
+
+def latest_step(out):
+    steps = [int(n.split("-")[1]) for n in os.listdir(out) if n.startswith("checkpoint-")] if os.path.isdir(out) else []
+    return max(steps, default=0)
+
+
+def test_twenty_kills_resume_to_the_uninterrupted_bytes():
+    d, model, data = small_setup()
+    clean_out = os.path.join(d, "clean")
+    recipe = os.path.join(d, "clean.yaml")
+    write_recipe(recipe, **{**base_settings(model, data, clean_out), "max_steps": KILL_STEPS})
+    run_vlft("train", recipe)
+    with open(os.path.join(clean_out, "adapter_model.safetensors"), "rb") as f:
+        reference = f.read()
+
+    out = os.path.join(d, "killed")
+    recipe = os.path.join(d, "killed.yaml")
+    write_recipe(recipe, **{**base_settings(model, data, out), "max_steps": KILL_STEPS})
+    rng = random.Random(20)
+    kills = mid_write = 0
+    for attempt in range(20):
+        # Kill moments follow the run: attempt k waits for about step
+        # 2 + k * 21 / 20; even attempts strike as soon as a checkpoint's
+        # temporary folder appears (a write in progress), odd ones at a
+        # random moment after a checkpoint landed. (A run killed before its
+        # first checkpoint has nothing to resume: like LLaMA-Factory, vlft
+        # then asks for overwrite_output_dir, so kills start after step 1.)
+        target = 2 + attempt * (KILL_STEPS - 3) // 20
+        during_write = attempt % 2 == 0
+        process = subprocess.Popen([VLFT, "train", recipe], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 60
+        while process.poll() is None and time.time() < deadline:
+            if during_write:
+                if temp_checkpoints(out) and latest_step(out) + 1 >= target:
+                    break
+            elif latest_step(out) >= target:
+                time.sleep(rng.uniform(0.0, 0.4))
+                break
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            kills += 1
+        process.wait()
+        if temp_checkpoints(out):
+            mid_write += 1  # the kill left a half-written checkpoint behind
+        check_checkpoints_load(out)
+    # the last resume runs to the end
+    run_vlft("train", recipe)
+    assert not temp_checkpoints(out), "a finished run sweeps half-written checkpoints"
+    check_checkpoints_load(out)
+    with open(os.path.join(out, "adapter_model.safetensors"), "rb") as f:
+        assert f.read() == reference, "the killed-and-resumed run differs from the uninterrupted one"
+    print(f"  kill test: {kills} kills, {mid_write} during a checkpoint write")
+    assert kills == 20, f"only {kills} of 20 runs were still alive to be killed"
+    assert mid_write >= 5, f"only {mid_write} kills landed during a checkpoint write"
