@@ -99,3 +99,76 @@ def test_twenty_kills_resume_to_the_uninterrupted_bytes():
     print(f"  kill test: {kills} kills, {mid_write} during a checkpoint write")
     assert kills == 20, f"only {kills} of 20 runs were still alive to be killed"
     assert mid_write >= 5, f"only {mid_write} kills landed during a checkpoint write"
+
+
+def limit_file_size(limit):
+    """preexec_fn: the child may write no file past limit bytes (RLIMIT_FSIZE;
+    Python restores SIGXFSZ to its default in the child, so vlft itself must
+    turn the signal into a write error)."""
+    import resource
+
+    def apply():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def vlft_limited(limit, *args):
+    return subprocess.run([VLFT, *map(str, args)], capture_output=True, text=True, preexec_fn=limit_file_size(limit))
+
+
+def test_disk_full_while_saving_keeps_the_previous_outputs():
+    d, model, data = small_setup()
+    settings = dict(base_settings(model, data, None), max_steps=8, save_steps=2)
+    clean_out = os.path.join(d, "clean")
+    recipe = os.path.join(d, "clean.yaml")
+    write_recipe(recipe, **{**settings, "output_dir": clean_out})
+    run_vlft("train", recipe)
+    with open(os.path.join(clean_out, "adapter_model.safetensors"), "rb") as f:
+        reference = f.read()
+    optimizer_size = os.path.getsize(os.path.join(clean_out, "checkpoint-8", "optimizer.safetensors"))
+    small_size = max(os.path.getsize(os.path.join(clean_out, n)) for n in ("trainer_log.jsonl", "adapter_config.json"))
+
+    # A run stopped by Ctrl-C after checkpoint-2 ...
+    out = os.path.join(d, "full")
+    recipe = os.path.join(d, "full.yaml")
+    write_recipe(recipe, **{**settings, "output_dir": out})
+    process = subprocess.Popen([VLFT, "train", recipe], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while process.poll() is None and latest_step(out) < 2:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    process.wait()
+    saved = latest_step(out)
+    assert saved >= 2
+    before = {n: open(os.path.join(out, f"checkpoint-{saved}", n), "rb").read()
+              for n in os.listdir(os.path.join(out, f"checkpoint-{saved}"))}
+    assert saved < 8, "the run ended before Ctrl-C"
+    # ... resumed on a "disk" that holds no file as big as the optimizer
+    # state: the next checkpoint fails with a one-line error naming the
+    # file, and the previous checkpoint is untouched.
+    r = vlft_limited(max(small_size + 4096, optimizer_size // 2), "train", recipe)
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    lines = [line for line in r.stderr.splitlines() if line.startswith("vlft train:")]
+    print("  disk full:", lines[0] if lines else r.stderr)
+    assert len(lines) == 1 and "File too large" in lines[0] and ".safetensors" in lines[0], r.stderr
+    assert not temp_checkpoints(out)
+    assert latest_step(out) == saved
+    check_checkpoints_load(out)
+    for n, data_bytes in before.items():
+        with open(os.path.join(out, f"checkpoint-{saved}", n), "rb") as f:
+            assert f.read() == data_bytes, n
+    # with room again, the run resumes and ends where the clean run did
+    run_vlft("train", recipe)
+    with open(os.path.join(out, "adapter_model.safetensors"), "rb") as f:
+        assert f.read() == reference
+
+    # export: a second export into the same folder that runs out of space
+    # fails and leaves the first export whole
+    export = os.path.join(d, "merged")
+    run_vlft("export", "--model", model, "--adapter", clean_out, "--out", export, "--dtype", "f32")
+    first = {n: open(os.path.join(export, n), "rb").read() for n in os.listdir(export)}
+    r = vlft_limited(4096, "export", "--model", model, "--adapter", out, "--out", export, "--dtype", "f32")
+    print("  export disk full:", r.stderr.strip())
+    assert r.returncode == 1 and "File too large" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert {n: open(os.path.join(export, n), "rb").read() for n in os.listdir(export)} == first
+    assert not [n for n in os.listdir(d) if n.startswith("merged.")], os.listdir(d)
+    run_vlft("info", export)
