@@ -50,6 +50,7 @@ static const RecipeKey recipe_keys[] = {
     KEY(val_size, KEY_FLOAT),
     KEY(train_on_prompt, KEY_BOOL),
     KEY(mask_history, KEY_BOOL),
+    KEY(allow_paths_outside_dataset_dir, KEY_BOOL),
     KEY(dataloader_num_workers, KEY_INT),
     KEY(output_dir, KEY_STRING),
     KEY(logging_steps, KEY_INT),

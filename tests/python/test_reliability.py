@@ -172,3 +172,57 @@ def test_disk_full_while_saving_keeps_the_previous_outputs():
     assert {n: open(os.path.join(export, n), "rb").read() for n in os.listdir(export)} == first
     assert not [n for n in os.listdir(d) if n.startswith("merged.")], os.listdir(d)
     run_vlft("info", export)
+
+
+def preview(d, data, extra=""):
+    recipe = os.path.join(d, "preview.yaml")
+    with open(recipe, "w") as f:
+        f.write(f"model_name_or_path: {os.path.join(d, 'model')}\nstage: sft\nfinetuning_type: lora\n"
+                f"dataset: mllm_demo\ndataset_dir: {data}\ntemplate: yi_vl\ncutoff_len: 512\n"
+                f"output_dir: {os.path.join(d, 'out')}\n{extra}")
+    return run_vlft("data", "preview", recipe, check=False)
+
+
+def test_dataset_paths_may_not_escape_dataset_dir():
+    d, model, data = small_setup()
+    with open(os.path.join(data, "mllm_demo.json")) as f:
+        rows = json.load(f)
+    first_image = rows[0]["images"][0]
+    outside = os.path.join(d, "outside.png")
+    with open(os.path.join(data, first_image), "rb") as f, open(outside, "wb") as g:
+        g.write(f.read())
+    os.symlink(outside, os.path.join(data, "images", "link_out.png"))
+    os.symlink(os.path.join(data, first_image), os.path.join(data, "images", "link_in.png"))
+    assert preview(d, data).returncode == 0
+
+    def with_image(path):
+        changed = json.loads(json.dumps(rows))
+        changed[1]["images"][0] = path
+        with open(os.path.join(data, "mllm_demo.json"), "w") as f:
+            json.dump(changed, f)
+
+    for path in ("../outside.png", outside, "images/link_out.png", "images/../../outside.png"):
+        with_image(path)
+        r = preview(d, data)
+        assert r.returncode == 1, (path, r.stdout[:200])
+        assert "sample 1: image 0" in r.stderr and "outside dataset_dir" in r.stderr, (path, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+        # the explicit key lets it through
+        assert preview(d, data, "allow_paths_outside_dataset_dir: true\n").returncode == 0, path
+    # a symlink that stays inside is fine
+    with_image("images/link_in.png")
+    assert preview(d, data).returncode == 0
+    # a data file outside dataset_dir: by "..", or by a symlink
+    with_image(first_image)
+    os.rename(os.path.join(data, "mllm_demo.json"), os.path.join(d, "rows.json"))
+    with open(os.path.join(data, "dataset_info.json")) as f:
+        info = json.load(f)
+    for file_name, make_link in (("../rows.json", False), ("rows_link.json", True)):
+        if make_link:
+            os.symlink(os.path.join(d, "rows.json"), os.path.join(data, file_name))
+        info["mllm_demo"]["file_name"] = file_name
+        with open(os.path.join(data, "dataset_info.json"), "w") as f:
+            json.dump(info, f)
+        r = preview(d, data)
+        assert r.returncode == 1 and "outside dataset_dir" in r.stderr and "rows" in r.stderr, (file_name, r.stderr)
+        assert preview(d, data, "allow_paths_outside_dataset_dir: true\n").returncode == 0, file_name
