@@ -2,9 +2,9 @@
 #include "dataset.h"
 
 #include <math.h>
-#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "dataset_source.h"
 #include "../train/trainer.h"
