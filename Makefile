@@ -35,6 +35,9 @@ TEST_SRC := $(sort $(wildcard tests/unit/*.c))
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
 # Small programs the Python tests drive (one .c each in tests/bin).
 TEST_BINS := $(patsubst tests/bin/%.c,$(BUILD)/tests/bin/%,$(sort $(wildcard tests/bin/*.c)))
+# Each fuzz target linked with a plain main() that replays its seeds and
+# regressions (tests/python/test_fuzz_replay.py runs them).
+FUZZ_REPLAY := $(patsubst tests/fuzz/fuzz_%.c,$(BUILD)/tests/fuzz/replay_%,$(sort $(wildcard tests/fuzz/fuzz_*.c)))
 
 .PHONY: all debug asan test test-asan fuzz clean demo
 
@@ -60,14 +63,17 @@ $(BUILD)/unit_tests: $(TEST_OBJ) $(BUILD)/libvlft.a
 $(BUILD)/tests/bin/%: $(BUILD)/tests/bin/%.o $(BUILD)/libvlft.a
 	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
 
+$(BUILD)/tests/fuzz/replay_%: $(BUILD)/tests/fuzz/fuzz_%.o $(BUILD)/tests/fuzz/replay_main.o $(BUILD)/libvlft.a
+	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
+
 debug:
 	$(MAKE) BUILD=build-debug OPT="-O0 -g3"
 
 asan:
 	$(MAKE) BUILD=build-asan OPT="-O1 -g" SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
-	    build-asan/vlft build-asan/unit_tests $(patsubst $(BUILD)/%,build-asan/%,$(TEST_BINS))
+	    build-asan/vlft build-asan/unit_tests $(patsubst $(BUILD)/%,build-asan/%,$(TEST_BINS) $(FUZZ_REPLAY))
 
-test: $(BUILD)/vlft $(BUILD)/unit_tests $(TEST_BINS)
+test: $(BUILD)/vlft $(BUILD)/unit_tests $(TEST_BINS) $(FUZZ_REPLAY)
 	tests/run.sh $(BUILD)
 
 test-asan: asan
@@ -83,4 +89,4 @@ demo: $(BUILD)/vlft
 clean:
 	rm -rf build build-debug build-asan build-fuzz
 
--include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BUILD)/src/main.d $(TEST_BINS:=.d)
+-include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BUILD)/src/main.d $(TEST_BINS:=.d) $(FUZZ_REPLAY:$(BUILD)/tests/fuzz/replay_%=$(BUILD)/tests/fuzz/fuzz_%.d)

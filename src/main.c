@@ -3,6 +3,7 @@
 // Command dispatch only: each command parses its flags, calls into the
 // modules, prints the one-line error a module reports, and returns
 //   0 success, 1 bad input (files, values), 2 bad usage (flags).
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,6 +60,10 @@ static void prefer_passive_openmp_threads(char **argv) {
 
 int main(int argc, char **argv) {
     prefer_passive_openmp_threads(argv);
+    // Past a file-size limit (ulimit -f, a quota) the default SIGXFSZ kills
+    // the process mid-write; ignored, write() fails with EFBIG instead, and
+    // the atomic writers report it and leave the previous files in place.
+    signal(SIGXFSZ, SIG_IGN);
     if (argc < 2) {
         print_help(stderr);
         return 2;

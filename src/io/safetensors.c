@@ -214,7 +214,7 @@ static int add_file(Safetensors *st, const char *path, Error *err) {
 
 // Sorts by name and rejects a name seen twice (in one file or across shards).
 static int finish_index(Safetensors *st, Error *err) {
-    qsort(st->tensors, (size_t)st->n_tensors, sizeof(TensorInfo), compare_tensors);
+    if (st->n_tensors > 1) qsort(st->tensors, (size_t)st->n_tensors, sizeof(TensorInfo), compare_tensors);
     for (int i = 1; i < st->n_tensors; i++) {
         if (strcmp(st->tensors[i - 1].name, st->tensors[i].name) == 0)
             return error_set(err, "%s: duplicate tensor name '%s'", st->files[st->tensors[i].file_index].path,
@@ -241,6 +241,10 @@ static int open_index(Safetensors *st, const char *dir, const char *index_path, 
     if (!cJSON_IsObject(weight_map)) {
         cJSON_Delete(root);
         return error_set(err, "%s: not a safetensors index (no weight_map object)", index_path);
+    }
+    if (weight_map->child == NULL) {
+        cJSON_Delete(root);
+        return error_set(err, "%s: weight_map names no tensors", index_path);
     }
     int rc = 0;
     // Open each shard once, in order of first mention.

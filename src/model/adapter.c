@@ -145,13 +145,21 @@ int adapter_load(Adapter *a, const char *dir, Error *err) {
                 rc = error_set(err, "%s: tensor name too long: %s", file, t->name);
                 break;
             }
-            classic[strlen(classic) - strlen(".weight")] = '\0';
+            size_t classic_len = strlen(classic), suffix_len = strlen(".weight");
+            // a module name that does not fit LoraPair.module would be cut
+            // and could collide with another: refuse it
+            if (classic_len < suffix_len || strcmp(classic + classic_len - suffix_len, ".weight") != 0 ||
+                classic_len - suffix_len >= sizeof a->pairs[0].module) {
+                rc = error_set(err, "%s: tensor name too long or malformed: %s", file, t->name);
+                break;
+            }
+            classic[classic_len - suffix_len] = '\0';
             LoraPair *pair = NULL;
             for (int k = 0; k < a->n_pairs; k++)
                 if (strcmp(a->pairs[k].module, classic) == 0) pair = &a->pairs[k];
             if (pair == NULL) {
                 pair = &a->pairs[a->n_pairs++];
-                snprintf(pair->module, sizeof pair->module, "%s", classic);
+                memcpy(pair->module, classic, classic_len - suffix_len + 1);
             }
             if (t->ndim != 2) {
                 rc = error_set(err, "%s: '%s' must be 2-D", file, t->name);

@@ -4,6 +4,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "dataset_source.h"
 #include "../train/trainer.h"
@@ -23,6 +24,7 @@ void dataset_options_from_recipe(DatasetOptions *o, const Recipe *r, const Model
     o->val_size = r->val_size;
     o->train_on_prompt = r->train_on_prompt;
     o->mask_history = r->mask_history;
+    o->allow_paths_outside_dataset_dir = r->allow_paths_outside_dataset_dir;
     o->seed = r->seed;
     o->image_token_index = config ? config->image_token_index : -1;
     o->image_seq_length = config ? config->image_seq_length : 0;
@@ -178,8 +180,22 @@ static int encode_example(const Conversation *c, const ChatTemplate *tpl, Tokeni
     return 0;
 }
 
-static int check_images(const Conversation *c, Error *err) {
+// dataset_dir's resolved path when paths must stay inside it; NULL when
+// they may go anywhere or the folder does not resolve (then nothing
+// resolves inside it either, and the missing files are reported).
+static char *confining_root(const DatasetOptions *o) {
+    if (o->allow_paths_outside_dataset_dir) return NULL;
+    char *root = realpath(o->dataset_dir, NULL);
+    return root ? root : strdup("/nonexistent-dataset-dir/");
+}
+
+static int check_images(const Conversation *c, const char *root, Error *err) {
     for (int i = 0; i < c->n_images; i++) {
+        if (root && access(c->images[i], F_OK) == 0 && !dataset_path_inside(c->images[i], root))
+            return error_set(err,
+                             "dataset '%s' sample %d: image %d '%s' lies outside dataset_dir %s (absolute path, '..' "
+                             "or a symlink); set allow_paths_outside_dataset_dir: true to allow it",
+                             c->dataset_name, c->row, i, c->images[i], root);
         FILE *f = fopen(c->images[i], "rb");
         if (!f || fgetc(f) == EOF) {
             if (f) fclose(f);
@@ -242,9 +258,10 @@ static int load_samples(const char *list, const DatasetOptions *o, const ChatTem
     DatasetAttr *attrs = xcalloc((size_t)n_names + 1, sizeof *attrs);
     Conversation *rows = NULL;
     int n_rows = 0, rc = 0, n_dropped = 0;
+    char *root = confining_root(o);
     for (int i = 0; i < n_names && rc == 0; i++) {
         rc = dataset_attr_load(&attrs[i], o->dataset_dir, names[i], err);
-        if (rc == 0) rc = dataset_read_rows(&attrs[i], o->dataset_dir, o->max_samples, &rows, &n_rows, err);
+        if (rc == 0) rc = dataset_read_rows(&attrs[i], o->dataset_dir, root, o->max_samples, &rows, &n_rows, err);
     }
     Sample *samples = xcalloc((size_t)n_rows + 1, sizeof *samples);
     int n_samples = 0;
@@ -254,7 +271,7 @@ static int load_samples(const char *list, const DatasetOptions *o, const ChatTem
             n_dropped++;
             continue;
         }
-        rc = check_images(c, err);
+        rc = check_images(c, root, err);
         if (rc == 0) rc = encode_example(c, tpl, tok, o, &samples[n_samples], err);
         if (rc == 0) n_samples++;
     }
@@ -267,6 +284,7 @@ static int load_samples(const char *list, const DatasetOptions *o, const ChatTem
     }
     free(attrs);
     free(names);
+    free(root);
     if (rc) {
         for (int i = 0; i < n_samples; i++) sample_free(&samples[i]);
         free(samples);

@@ -17,6 +17,13 @@
 // Image paths are resolved against dataset_dir as LLaMA-Factory does and
 // must exist and be readable: a missing one is an error naming the dataset,
 // the sample and the path, before any training starts.
+//
+// Files from the internet must not reach outside their folder: unless
+// allow_paths_outside_dataset_dir is set (vlft's own recipe key), every data
+// file and image must resolve (after "..", and symlinks followed) to a file
+// inside dataset_dir; an absolute path or one that escapes is an error
+// naming the dataset, the sample and the path. LLaMA-Factory has no such
+// check.
 #ifndef VLFT_TEXT_DATASET_H
 #define VLFT_TEXT_DATASET_H
 
@@ -62,6 +69,7 @@ typedef struct {
     double val_size;            // 0: no eval split; < 1 a fraction, >= 1 a count
     int train_on_prompt;
     int mask_history;
+    int allow_paths_outside_dataset_dir;
     int seed;
     int image_token_index;
     int image_seq_length;

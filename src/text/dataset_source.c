@@ -334,8 +334,17 @@ static int list_files(const char *local, char ***files, int *n_files, Error *err
     return 0;
 }
 
-int dataset_read_rows(const DatasetAttr *a, const char *dir, int max_samples, Conversation **rows, int *n_rows,
-                      Error *err) {
+int dataset_path_inside(const char *path, const char *root) {
+    char *real = realpath(path, NULL);
+    if (real == NULL) return 0;
+    size_t n = strlen(root);
+    int inside = strncmp(real, root, n) == 0 && (real[n] == '/' || real[n] == '\0' || strcmp(root, "/") == 0);
+    free(real);
+    return inside;
+}
+
+int dataset_read_rows(const DatasetAttr *a, const char *dir, const char *root, int max_samples, Conversation **rows,
+                      int *n_rows, Error *err) {
     char local[4096];
     if (path_join(local, sizeof local, dir, a->file_name, err)) return -1;
     char **files;
@@ -343,6 +352,13 @@ int dataset_read_rows(const DatasetAttr *a, const char *dir, int max_samples, Co
     int rc = list_files(local, &files, &n_files, err);
     int row_index = 0;
     for (int f = 0; rc == 0 && f < n_files; f++) {
+        if (root && !dataset_path_inside(files[f], root)) {
+            rc = error_set(err,
+                           "%s: dataset '%s' file lies outside dataset_dir %s ('..' or a symlink); set "
+                           "allow_paths_outside_dataset_dir: true to allow it",
+                           files[f], a->name, root);
+            break;
+        }
         char *text;
         size_t size;
         if (read_file(files[f], (size_t)4 << 30, &text, &size, err)) {

@@ -34,7 +34,12 @@ void dataset_attr_free(DatasetAttr *attr);
 
 // Reads the attr's file(s) under dataset_dir, keeps the first max_samples
 // rows (0: all) and converts each. Appends to *rows / *n_rows.
-int dataset_read_rows(const DatasetAttr *attr, const char *dataset_dir, int max_samples, Conversation **rows,
+// True when path, with every symlink and ".." resolved, names something
+// inside the folder whose resolved path is root (or root itself).
+int dataset_path_inside(const char *path, const char *root);
+// root: dataset_dir's resolved path when every data file must lie inside it
+// (else NULL).
+int dataset_read_rows(const DatasetAttr *attr, const char *dataset_dir, const char *root, int max_samples, Conversation **rows,
                       int *n_rows, Error *err);
 void conversation_free(Conversation *c);
 

@@ -106,8 +106,11 @@ static int dir_is_empty(const char *dir) {
     if (d == NULL) return 1;
     struct dirent *entry;
     int empty = 1;
+    // vlft's own half-written checkpoints (left by a kill) are swept by the
+    // next run, so they do not make the folder the user's
     while ((entry = readdir(d)) != NULL)
-        if (strcmp(entry->d_name, ".") != 0 && strcmp(entry->d_name, "..") != 0) {
+        if (strcmp(entry->d_name, ".") != 0 && strcmp(entry->d_name, "..") != 0 &&
+            strncmp(entry->d_name, ".tmp-checkpoint-", 16) != 0) {
             empty = 0;
             break;
         }

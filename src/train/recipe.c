@@ -50,6 +50,7 @@ static const RecipeKey recipe_keys[] = {
     KEY(val_size, KEY_FLOAT),
     KEY(train_on_prompt, KEY_BOOL),
     KEY(mask_history, KEY_BOOL),
+    KEY(allow_paths_outside_dataset_dir, KEY_BOOL),
     KEY(dataloader_num_workers, KEY_INT),
     KEY(output_dir, KEY_STRING),
     KEY(logging_steps, KEY_INT),
@@ -376,7 +377,9 @@ int recipe_load(Recipe *r, const char *path, FILE *warn_out, Error *err) {
     char *text;
     size_t size;
     if (read_file(path, 1u << 20, &text, &size, err) != 0) {
+        // as after a parse error: every field safe to read, nothing to free
         recipe_defaults(r);
+        recipe_free(r);
         return -1;
     }
     int rc = recipe_parse(r, text, size, path, warn_out, err);

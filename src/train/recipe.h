@@ -46,6 +46,7 @@ typedef struct {
     double val_size;
     int train_on_prompt;
     int mask_history;
+    int allow_paths_outside_dataset_dir;  // vlft's own key: data files and images may lie outside dataset_dir
     int dataloader_num_workers;
     // output
     char *output_dir;
