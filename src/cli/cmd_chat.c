@@ -17,13 +17,13 @@
 
 #include "../model/generate.h"
 #include "../model/llava.h"
+#include "../text/mm_plugin.h"
 #include "../text/template.h"
 #include "../text/token_stream.h"
 #include "../text/tokenizer.h"
 #include "../vision/clip_preprocess.h"
 #include "commands.h"
 
-static const char IMAGE_PLACEHOLDER[] = "<image>";
 
 static void usage(FILE *out) {
     fprintf(out,
@@ -130,25 +130,6 @@ static void history_push(Chat *c, MessageRole role, char *content) {
     c->history[c->n_history++] = (Message){.role = role, .content = content};
 }
 
-static int count_placeholders(const char *s) {
-    int n = 0;
-    for (const char *p = strstr(s, IMAGE_PLACEHOLDER); p; p = strstr(p + strlen(IMAGE_PLACEHOLDER), IMAGE_PLACEHOLDER)) n++;
-    return n;
-}
-
-// The llava mm_plugin: each <image> becomes image_seq_length <image> strings.
-static char *expand_images(const char *s, int seq_length) {
-    StrBuf out = {0};
-    str_buf_append(&out, "", 0);
-    const char *p = s;
-    for (const char *hit; (hit = strstr(p, IMAGE_PLACEHOLDER)); p = hit + strlen(IMAGE_PLACEHOLDER)) {
-        str_buf_append(&out, p, (size_t)(hit - p));
-        for (int k = 0; k < seq_length; k++) str_buf_append_str(&out, IMAGE_PLACEHOLDER);
-    }
-    str_buf_append_str(&out, p);
-    return out.data;
-}
-
 static void print_ids(const char *label, const int *ids, int n) {
     printf("%s", label);
     for (int i = 0; i < n; i++) printf(" %d", ids[i]);
@@ -161,7 +142,7 @@ static void print_ids(const char *label, const int *ids, int n) {
 static int encode_prompt(Chat *c, const char *user, IntVec *prompt, char **user_content, Error *err) {
     StrBuf content = {0};
     str_buf_append(&content, "", 0);
-    if (c->pending_images > 0 && count_placeholders(user) == 0)
+    if (c->pending_images > 0 && mm_count_images(user) == 0)
         for (int i = 0; i < c->pending_images; i++) str_buf_append_str(&content, IMAGE_PLACEHOLDER);
     str_buf_append_str(&content, user);
     int n = c->n_history + 2, placeholders = 0;
@@ -169,8 +150,8 @@ static int encode_prompt(Chat *c, const char *user, IntVec *prompt, char **user_
     for (int i = 0; i < n; i++) {
         const char *text = i < c->n_history ? c->history[i].content : i == n - 2 ? content.data : "";
         messages[i].role = i % 2 == 0 ? ROLE_USER : ROLE_ASSISTANT;
-        placeholders += count_placeholders(text);
-        messages[i].content = c->tpl->llava_plugin ? expand_images(text, c->config.image_seq_length)
+        placeholders += mm_count_images(text);
+        messages[i].content = c->tpl->llava_plugin ? mm_expand_images(text, c->config.image_seq_length)
                                                    : xstrndup(text, strlen(text));
     }
     int rc = 0;

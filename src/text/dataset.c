@@ -7,11 +7,11 @@
 #include <unistd.h>
 
 #include "dataset_source.h"
+#include "mm_plugin.h"
 #include "../train/trainer.h"
 #include "str_buf.h"
 #include "template.h"
 
-static const char IMAGE_PLACEHOLDER[] = "<image>";
 
 void dataset_options_from_recipe(DatasetOptions *o, const Recipe *r, const ModelConfig *config) {
     memset(o, 0, sizeof *o);
@@ -56,26 +56,6 @@ static void infer_seqlen(int source_len, int target_len, int cutoff_len, int *ne
     *new_source = source_len < max_source_len ? source_len : max_source_len;
 }
 
-static int count_placeholders(const char *s) {
-    int n = 0;
-    for (const char *p = strstr(s, IMAGE_PLACEHOLDER); p; p = strstr(p + strlen(IMAGE_PLACEHOLDER), IMAGE_PLACEHOLDER)) n++;
-    return n;
-}
-
-// The llava mm_plugin: each <image> becomes image_seq_length image tokens
-// (written as that many "<image>" strings, as LLaMA-Factory does).
-static char *expand_images(const char *s, int seq_length) {
-    StrBuf out = {0};
-    str_buf_append(&out, "", 0);
-    const char *p = s;
-    for (const char *hit; (hit = strstr(p, IMAGE_PLACEHOLDER)); p = hit + strlen(IMAGE_PLACEHOLDER)) {
-        str_buf_append(&out, p, (size_t)(hit - p));
-        for (int k = 0; k < seq_length; k++) str_buf_append_str(&out, IMAGE_PLACEHOLDER);
-    }
-    str_buf_append_str(&out, p);
-    return out.data;
-}
-
 static void prepend(IntVec *v, const int *xs, int n) {
     v->length += n;
     if (v->length > v->capacity) {
@@ -94,8 +74,8 @@ static int encode_example(const Conversation *c, const ChatTemplate *tpl, Tokeni
     int n_placeholders = 0;
     for (int i = 0; i < n_messages; i++) {
         messages[i].role = c->messages[i].role;
-        n_placeholders += count_placeholders(c->messages[i].content);
-        messages[i].content = tpl->llava_plugin ? expand_images(c->messages[i].content, o->image_seq_length)
+        n_placeholders += mm_count_images(c->messages[i].content);
+        messages[i].content = tpl->llava_plugin ? mm_expand_images(c->messages[i].content, o->image_seq_length)
                                                 : xstrndup(c->messages[i].content, strlen(c->messages[i].content));
     }
     int rc = 0;
