@@ -21,7 +21,7 @@ static int replay_dir(const char *dir, ReplayFn fn) {
     struct dirent *e;
     while ((e = readdir(d)) != NULL) {
         if (e->d_name[0] == '.') continue;
-        char path[4096];
+        char path[8192];  // dir (< 4096) + "/" + a file name (< 256)
         snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
         fn(path);
         count++;
