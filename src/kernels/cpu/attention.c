@@ -10,14 +10,16 @@
 
 #include "../kernels.h"
 
-// angle(t, i) = t * inv_freq_i, in fp32 as transformers computes it.
-static void rope_apply(float *x, int B, int L, int H, int D, float theta, float sign) {
+// angle(t, i) = t * inv_freq_i, in fp32 as transformers computes it, with
+// t = pos0 + the row's position in its sequence of L.
+static void rope_apply(float *x, int B, int L, int H, int D, float theta, float sign, int pos0) {
     int half = D / 2;
     float *inv_freq = malloc(sizeof(float) * (size_t)half);
+    if (inv_freq == NULL) return;
     for (int i = 0; i < half; i++) inv_freq[i] = (float)(1.0 / pow((double)theta, (double)(2 * i) / D));
 #pragma omp parallel for schedule(static) if ((size_t)B * L * H * D > KERNEL_PARALLEL_MIN)
     for (int row = 0; row < B * L; row++) {
-        int t = row % L;
+        int t = pos0 + row % L;
         for (int i = 0; i < half; i++) {
             float angle = (float)t * inv_freq[i];
             float c = (float)cos((double)angle), s = sign * (float)sin((double)angle);
@@ -33,8 +35,10 @@ static void rope_apply(float *x, int B, int L, int H, int D, float theta, float 
     free(inv_freq);
 }
 
-void rope_forward(float *x, int B, int L, int H, int D, float theta) { rope_apply(x, B, L, H, D, theta, 1.0f); }
-void rope_backward(float *dx, int B, int L, int H, int D, float theta) { rope_apply(dx, B, L, H, D, theta, -1.0f); }
+void rope_forward(float *x, int B, int L, int H, int D, float theta) { rope_apply(x, B, L, H, D, theta, 1.0f, 0); }
+void rope_backward(float *dx, int B, int L, int H, int D, float theta) { rope_apply(dx, B, L, H, D, theta, -1.0f, 0); }
+// Cached decoding: N rows of one sequence starting at position pos0.
+void rope_forward_at(float *x, int N, int H, int D, float theta, int pos0) { rope_apply(x, 1, N, H, D, theta, 1.0f, pos0); }
 
 static inline float dot(const float *a, const float *b, int n) {
     float s = 0;

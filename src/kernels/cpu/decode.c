@@ -1,33 +1,12 @@
-// Kernels for cached decoding: rotary embedding at an absolute position and
-// attention of a few new queries over a key/value cache. Numerics follow
+// Kernels for cached decoding: attention of a few new queries over a
+// key/value cache (rope_forward_at, the rotary embedding at an absolute
+// position, shares rope_forward's code in attention.c). Numerics follow
 // rope_forward / attention_forward (attention.c) so that a cached decode
 // gives the logits a full recomputation would.
 #include <math.h>
 #include <stdlib.h>
 
 #include "../kernels.h"
-
-void rope_forward_at(float *x, int N, int H, int D, float theta, int pos0) {
-    int half = D / 2;
-    float *inv_freq = malloc(sizeof(float) * (size_t)half);
-    if (inv_freq == NULL) return;
-    for (int i = 0; i < half; i++) inv_freq[i] = (float)(1.0 / pow((double)theta, (double)(2 * i) / D));
-#pragma omp parallel for schedule(static) if ((size_t)N * H * D > KERNEL_PARALLEL_MIN)
-    for (int row = 0; row < N; row++) {
-        int t = pos0 + row;
-        for (int i = 0; i < half; i++) {
-            float angle = (float)t * inv_freq[i];
-            float c = (float)cos((double)angle), s = (float)sin((double)angle);
-            for (int h = 0; h < H; h++) {
-                float *xh = x + ((size_t)row * H + h) * D;
-                float a = xh[i], b = xh[i + half];
-                xh[i] = a * c - b * s;
-                xh[i + half] = b * c + a * s;
-            }
-        }
-    }
-    free(inv_freq);
-}
 
 // One (query head) at a time: S [n, T] = scale Q K^T over the T = pos0 + n
 // cached keys, causal softmax per row, O = P V. With n = 1 (a decode step)
