@@ -70,30 +70,36 @@ static int check(int code, const char *what, Error *err) {
 #define MPI_CHUNK ((size_t)1 << 30)
 #endif
 
-int comm_allreduce_sum_f32(Comm *comm, float *values, size_t n, Error *err) {
-    if (!comm->uses_mpi) return 0;
 #ifdef VLFT_MPI
+// In-place sum of n elements of element_size bytes, in pieces MPI counts hold.
+static int allreduce_sum(void *values, size_t n, size_t element_size, MPI_Datatype type, Error *err) {
     for (size_t done = 0; done < n; done += MPI_CHUNK) {
         size_t count = n - done < MPI_CHUNK ? n - done : MPI_CHUNK;
-        if (check(MPI_Allreduce(MPI_IN_PLACE, values + done, (int)count, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD),
+        if (check(MPI_Allreduce(MPI_IN_PLACE, (char *)values + done * element_size, (int)count, type, MPI_SUM,
+                                MPI_COMM_WORLD),
                   "all-reduce", err) != 0)
             return -1;
     }
-#endif
     return 0;
+}
+#endif
+
+int comm_allreduce_sum_f32(Comm *comm, float *values, size_t n, Error *err) {
+    if (!comm->uses_mpi) return 0;
+#ifdef VLFT_MPI
+    return allreduce_sum(values, n, sizeof(float), MPI_FLOAT, err);
+#else
+    return 0;
+#endif
 }
 
 int comm_allreduce_sum_f64(Comm *comm, double *values, size_t n, Error *err) {
     if (!comm->uses_mpi) return 0;
 #ifdef VLFT_MPI
-    for (size_t done = 0; done < n; done += MPI_CHUNK) {
-        size_t count = n - done < MPI_CHUNK ? n - done : MPI_CHUNK;
-        if (check(MPI_Allreduce(MPI_IN_PLACE, values + done, (int)count, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD),
-                  "all-reduce", err) != 0)
-            return -1;
-    }
-#endif
+    return allreduce_sum(values, n, sizeof(double), MPI_DOUBLE, err);
+#else
     return 0;
+#endif
 }
 
 int comm_reduce_scatter_sum_f32(Comm *comm, const float *values, float *out, size_t shard, Error *err) {
