@@ -1,6 +1,7 @@
 #include "recipe.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -387,7 +388,12 @@ int recipe_load(Recipe *r, const char *path, FILE *warn_out, Error *err) {
     return rc;
 }
 
-int recipe_lora_alpha(const Recipe *r) { return r->lora_alpha > 0 ? r->lora_alpha : 2 * r->lora_rank; }
+// LLaMA-Factory's default alpha is twice the rank; an absurd rank (refused by
+// recipe_validate) must still not overflow here, since --print-config prints it.
+int recipe_lora_alpha(const Recipe *r) {
+    if (r->lora_alpha > 0) return r->lora_alpha;
+    return r->lora_rank > INT_MAX / 2 ? INT_MAX : 2 * r->lora_rank;
+}
 
 static int one_of(const char *value, const char *const *choices) {
     for (int i = 0; choices[i]; i++)
@@ -417,6 +423,7 @@ int recipe_validate(const Recipe *r, const char *path, Error *err) {
     if (r->cutoff_len < 1) return error_set(err, "%s: cutoff_len must be at least 1 (got %d)", path, r->cutoff_len);
     if (!(r->learning_rate >= 0)) return error_set(err, "%s: learning_rate must not be negative (got %g)", path, r->learning_rate);
     if (r->lora_rank < 1) return error_set(err, "%s: lora_rank must be at least 1 (got %d)", path, r->lora_rank);
+    if (r->lora_rank > 65536) return error_set(err, "%s: lora_rank %d is larger than any layer (at most 65536)", path, r->lora_rank);
     if (r->lora_alpha < 0) return error_set(err, "%s: lora_alpha must be positive (got %d)", path, r->lora_alpha);
     if (!(r->lora_dropout >= 0 && r->lora_dropout < 1)) return error_set(err, "%s: lora_dropout must be in [0, 1)", path);
     if (r->per_device_train_batch_size < 1) return error_set(err, "%s: per_device_train_batch_size must be at least 1", path);
