@@ -1,9 +1,9 @@
 // CPU kernels: rotary position embedding and scaled dot-product attention.
 //
-// Attention keeps no L x L probability matrix between forward and backward:
-// the forward saves each row's log-sum-exp and the backward recomputes the
-// probabilities from q and k (the FlashAttention recipe), so kept activation
-// memory grows with L, not L^2 (only one head's L x L scratch is live).
+// Attention never holds an L x L matrix, kept or scratch: it runs in tiles
+// of query rows x keys (the FlashAttention recipe), the forward saves each
+// row's log-sum-exp and the backward recomputes the probabilities tile by
+// tile from q and k, so memory grows with L, not L^2.
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -51,6 +51,7 @@ void rope_forward_at(float *x, int N, int H, int D, float theta, int pos0) { rop
 // wholly above the causal diagonal or wholly masked are never computed.
 enum { ATTENTION_TILE_Q = 64, ATTENTION_TILE_K = 128 };
 
+// What one call reads, shared by its tasks.
 typedef struct {
     const float *q, *k, *v;   // q [B*L, Hq*D], k, v [B*L, Hkv*D]
     const int32_t *key_mask;  // [B*L] or NULL
@@ -83,7 +84,7 @@ static inline float exp_nonpositive(float x) {
     p = p * r + 4.1665795894e-2f;
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
-    union { int32_t i; float f; } two_n = {.i = ((int32_t)n + 127) << 23};
+    union { uint32_t i; float f; } two_n = {.i = (uint32_t)((int32_t)n + 127) << 23};
     return (p * r * r + r + 1.0f) * two_n.f;
 }
 
@@ -126,12 +127,20 @@ static void mask_tile(const Attention *a, float *S, int b, int i0, int rows, int
     }
 }
 
+// A thread's scratch in the forward.
+typedef struct {
+    float S[ATTENTION_TILE_Q * ATTENTION_TILE_K];  // scores of a tile, then exp(s - m)
+    float m[ATTENTION_TILE_Q];                      // running row max
+    double l[ATTENTION_TILE_Q];                     // running row sum of exp(s - m)
+} ForwardScratch;
+
 // Forward of one query tile of head h in sequence b, with the online
 // softmax: m = running row max, l = running sum of exp(s - m); when a key tile
 // raises m, the output accumulated so far is rescaled by exp(m_old - m_new).
-// S [TILE_Q, TILE_K], m [TILE_Q], l [TILE_Q] are the thread's scratch.
-static void forward_tile(const Attention *a, float *out, float *lse, int b, int h, int i0, float *S, float *m,
-                         double *l) {
+// The output rows themselves are the accumulator (normalised by l at the end).
+static void forward_tile(const Attention *a, float *out, float *lse, int b, int h, int i0, ForwardScratch *w) {
+    float *S = w->S, *m = w->m;
+    double *l = w->l;
     int rows = min_int(ATTENTION_TILE_Q, a->L - i0), D = a->D, qs = a->qs, ks = a->ks;
     size_t at = ((size_t)b * a->L + i0) * qs + (size_t)h * D;
     size_t kv = (size_t)b * a->L * ks + (size_t)(h / a->group) * D;
@@ -194,30 +203,32 @@ void attention_forward(float *out, float *lse, const float *q, const float *k, c
     Attention a = {q, k, v, key_mask, B, L, Hq, Hkv, D, causal, Hq / Hkv, Hq * D, Hkv * D, scale};
     int parallel = attention_parallel(B, L, Hq, D), threads = parallel ? omp_get_max_threads() : 1;
     int tiles = (L + ATTENTION_TILE_Q - 1) / ATTENTION_TILE_Q;
-    // Per thread: S [TILE_Q, TILE_K], m [TILE_Q] (floats), l [TILE_Q] (doubles).
-    size_t per_thread = (size_t)ATTENTION_TILE_Q * (ATTENTION_TILE_K + 3);
-    float *scratch = malloc(sizeof(float) * per_thread * (size_t)threads);
+    ForwardScratch *scratch = malloc(sizeof(ForwardScratch) * (size_t)threads);
     if (scratch == NULL) return;
     // Tasks (b, h, query tile) are independent. Dynamic scheduling, the
     // longest (last, under a causal mask) query tiles first, ends balanced.
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (parallel)
     for (long task = 0; task < (long)B * Hq * tiles; task++) {
-        float *S = scratch + per_thread * (size_t)omp_get_thread_num();
         int tile = tiles - 1 - (int)(task % tiles), bh = (int)(task / tiles);
-        forward_tile(&a, out, lse, bh / Hq, bh % Hq, tile * ATTENTION_TILE_Q, S,
-                     S + (size_t)ATTENTION_TILE_Q * ATTENTION_TILE_K,
-                     (double *)(S + (size_t)ATTENTION_TILE_Q * (ATTENTION_TILE_K + 1)));
+        forward_tile(&a, out, lse, bh / Hq, bh % Hq, tile * ATTENTION_TILE_Q, &scratch[omp_get_thread_num()]);
     }
     free(scratch);
 }
+
+// A thread's scratch in the backward.
+typedef struct {
+    float S[ATTENTION_TILE_Q * ATTENTION_TILE_K];   // scores of a tile, then P
+    float dP[ATTENTION_TILE_Q * ATTENTION_TILE_K];  // dO V^T, then dS
+    float delta[ATTENTION_TILE_Q];                  // rowsum(dO * O)
+} BackwardScratch;
 
 // Backward of one query tile of head h in sequence b against every key tile
 // it sees: dq rows overwritten; dK, dV (the KV head's rows 0..L-1, row stride
 // dkv_stride) accumulated. P = exp(S - lse) is rebuilt from q and k;
 // dS = P * (dP - delta) with dP = dO V^T and delta = rowsum(dO * O).
-// S, dP [TILE_Q, TILE_K], delta [TILE_Q] are the thread's scratch.
 static void backward_tile(const Attention *a, float *dq, float *dK, float *dV, int dkv_stride, const float *dout,
-                          const float *out, const float *lse, int b, int h, int i0, float *S, float *dP, float *delta) {
+                          const float *out, const float *lse, int b, int h, int i0, BackwardScratch *w) {
+    float *S = w->S, *dP = w->dP, *delta = w->delta;
     int rows = min_int(ATTENTION_TILE_Q, a->L - i0), D = a->D, qs = a->qs, ks = a->ks;
     size_t at = ((size_t)b * a->L + i0) * qs + (size_t)h * D;
     size_t kv = (size_t)b * a->L * ks + (size_t)(h / a->group) * D;
@@ -276,25 +287,29 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
     // A unit is one (b, KV head): all the query heads reading that KV head, so
     // it alone adds into those dK, dV rows and writes those dq rows; units run
     // in parallel with no shared writes, and each sum runs in a fixed order
-    // (the same gradients for any thread count or schedule). The alternative,
-    // tasks per (b, query head, query tile) as in the forward, would need a
-    // per-thread copy of all of dk and dv, zeroed and summed at the end: extra
-    // memory traffic and memory growing with the thread count, for no
-    // better balance when there are enough units. When the unit count is not
-    // a multiple of the thread count (a single KV head, an odd count), each
-    // unit is split into `parts` over its (head, query tile) pairs, part 0
-    // adding into dk, dv and the others into their own [L, D] dK, dV copies
-    // added in afterwards in part order, so every thread gets equal work.
+    // (the same bits for any thread count or schedule). The alternative,
+    // tasks per (b, query head, query tile) as in the forward with a
+    // per-thread copy of dk and dv summed at the end, measured the same CPU
+    // time on bench/attention.sh's shapes (within noise) but needs those
+    // copies (5.4 MB for the 6B text shape, 10.6 MB for CLIP-L at 448 px on
+    // 2 threads, growing with the thread count) and gives gradients that
+    // depend on the thread count. When the unit count is not a multiple of
+    // the thread count (a single KV head, an odd count), each unit is split
+    // into `parts` over its (head, query tile) pairs, part 0 adding into dk,
+    // dv and the others into their own [L, D] dK, dV copies added in
+    // afterwards in part order, so every thread gets equal work.
     int parts = threads / gcd(units, threads);
-    size_t per_thread = (size_t)ATTENTION_TILE_Q * (2 * ATTENTION_TILE_K + 1);  // S, dP, delta
-    size_t part_size = (size_t)2 * L * D;                                      // dK, dV of a part
-    float *scratch = malloc(sizeof(float) * (per_thread * threads + part_size * units * (parts - 1)));
-    if (scratch == NULL) return;
-    float *part_grads = scratch + per_thread * threads;
+    size_t part_size = (size_t)2 * L * D;  // dK, dV of a part
+    BackwardScratch *scratch = malloc(sizeof(BackwardScratch) * (size_t)threads);
+    float *part_grads = parts > 1 ? malloc(sizeof(float) * part_size * (size_t)units * (parts - 1)) : NULL;
+    if (scratch == NULL || (parts > 1 && part_grads == NULL)) {
+        free(scratch);
+        free(part_grads);
+        return;
+    }
 #pragma omp parallel num_threads(threads) if (parallel)
     {
-        float *S = scratch + per_thread * (size_t)omp_get_thread_num();
-        float *dP = S + (size_t)ATTENTION_TILE_Q * ATTENTION_TILE_K, *delta = dP + (size_t)ATTENTION_TILE_Q * ATTENTION_TILE_K;
+        BackwardScratch *w = &scratch[omp_get_thread_num()];
 #pragma omp for schedule(dynamic, 1)
         for (int task = 0; task < units * parts; task++) {
             int unit = task / parts, part = task % parts, b = unit / Hkv, g = unit % Hkv;
@@ -312,7 +327,7 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
             for (int idx = 0; idx < pairs; idx++)
                 if (part_of(idx, parts) == part)
                     backward_tile(&a, dq, dK, dV, stride, dout, out, lse, b, g * a.group + idx / tiles,
-                                  (idx % tiles) * ATTENTION_TILE_Q, S, dP, delta);
+                                  (idx % tiles) * ATTENTION_TILE_Q, w);
         }
         if (parts > 1) {
 #pragma omp for schedule(static)
@@ -331,4 +346,5 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
         }
     }
     free(scratch);
+    free(part_grads);
 }
