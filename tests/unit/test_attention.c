@@ -1,5 +1,5 @@
-// Tiled attention (src/kernels/cpu/attention.c: tiles of 64 query rows x 128
-// keys, online softmax) against a float64 reference written here: outputs,
+// Tiled attention (src/kernels/cpu/attention.c: tiles of 128 query rows x
+// 128 keys, online softmax) against a float64 reference written here: outputs,
 // log-sum-exp and the three gradients, for shapes around the tile sizes,
 // grouped heads, causal or not, right padding and query rows that see no key
 // at all; a finite-difference check of the backward on a shape crossing
@@ -221,19 +221,21 @@ static void check_against_reference(Shape s, uint64_t seed) {
     free_inputs(&in);
 }
 
-// Shapes around the tiles: L below one query tile, between the query and the
-// key tile, not a multiple of either, and several of each; groups 1, 2, 4.
+// Shapes around the 128 x 128 tiles: L below one tile, exactly one or two,
+// one past, not a multiple, several; groups 1, 2, 4.
 Test(attention, tiles_match_float64_reference) {
     kernel_init(2);
     Shape shapes[] = {
         {1, 1, 2, 1, 8, 1, MASK_NONE},               // one row
-        {2, 37, 4, 2, 16, 1, MASK_RIGHT_PADDING},    // L < 64
-        {1, 64, 2, 2, 8, 0, MASK_NONE},              // exactly one query tile
-        {2, 100, 4, 1, 12, 0, MASK_RIGHT_PADDING},   // 64 < L < 128, group 4
-        {1, 128, 4, 2, 8, 1, MASK_LEFT_PADDING},     // exactly one key tile, rows that see nothing
+        {2, 37, 4, 2, 16, 1, MASK_RIGHT_PADDING},    // L < 128
+        {2, 100, 4, 1, 12, 0, MASK_RIGHT_PADDING},   // L < 128, group 4
+        {1, 128, 4, 2, 8, 1, MASK_LEFT_PADDING},     // exactly one tile, rows that see nothing
+        {1, 129, 2, 2, 8, 1, MASK_RIGHT_PADDING},    // one past a tile: a 1-row query tile, a 1-key key tile
+        {1, 130, 2, 1, 8, 1, MASK_NONE},             // causal, a 2-row query tile on the diagonal
         {3, 130, 2, 2, 8, 0, MASK_EMPTY_SEQUENCE},   // a sequence with no key at all
         {2, 150, 8, 2, 16, 1, MASK_LEFT_PADDING},    // group 4, causal, crossing tiles
-        {1, 300, 4, 4, 8, 1, MASK_RIGHT_PADDING},    // three key tiles, last one partial
+        {1, 256, 2, 1, 8, 1, MASK_NONE},             // exactly two tiles, group 2
+        {1, 300, 4, 4, 8, 1, MASK_RIGHT_PADDING},    // three tiles, the last one partial
         {2, 257, 6, 3, 20, 0, MASK_RIGHT_PADDING},   // CLIP-like 1 + 16^2, odd KV head count
         {1, 200, 4, 1, 16, 0, MASK_NONE},            // a single KV head (one unit, split over threads)
     };
