@@ -5,11 +5,23 @@
 #include <string.h>
 #include <sys/mman.h>
 
-// Blocks of at least this size are aligned to it and offered to the kernel
-// for transparent huge pages: fewer TLB misses when GEMMs sweep activations.
+// Blocks of at least this size are offered to the kernel for transparent
+// huge pages: fewer TLB misses when GEMMs sweep activations.
 #define ARENA_HUGE_PAGE ((size_t)2 << 20)
 
 static size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
+
+// The block and the overflow buffers are mapped and unmapped directly (page
+// aligned), so that memory given back really leaves the process: malloc would
+// keep the first step's overflow buffers in its heap next to the new block.
+static void *map_bytes(size_t size) {
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+static void unmap_bytes(void *p, size_t size) {
+    if (p) munmap(p, size);
+}
 
 static int grow_array(void **items, int *capacity, size_t item_size) {
     int grown = *capacity ? 2 * *capacity : 32;
@@ -81,8 +93,8 @@ void *arena_alloc(Arena *a, size_t bytes) {
     void *p = NULL;
     if ((a->n_overflow < a->overflow_capacity ||
          grow_array((void **)&a->overflow, &a->overflow_capacity, sizeof(ArenaOverflow)) == 0) &&
-        posix_memalign(&p, ARENA_ALIGN, size) == 0) {
-        a->overflow[a->n_overflow++] = (ArenaOverflow){p, offset};
+        (p = map_bytes(size)) != NULL) {
+        a->overflow[a->n_overflow++] = (ArenaOverflow){p, offset, size};
         return p;
     }
     release_range(a, offset, size);
@@ -100,34 +112,33 @@ void arena_free(Arena *a, void *p, size_t bytes) {
         while (i < a->n_overflow && a->overflow[i].ptr != p) i++;
         if (i == a->n_overflow) return;  // not ours
         offset = a->overflow[i].offset;
-        free(p);
+        unmap_bytes(p, a->overflow[i].size);
         a->overflow[i] = a->overflow[--a->n_overflow];
     }
     release_range(a, offset, size);
 }
 
 void arena_reset(Arena *a) {
-    for (int i = 0; i < a->n_overflow; i++) free(a->overflow[i].ptr);
+    for (int i = 0; i < a->n_overflow; i++) unmap_bytes(a->overflow[i].ptr, a->overflow[i].size);
     a->n_overflow = 0;
     a->n_holes = 0;
     a->top = 0;
     if (a->high_water <= a->capacity) return;
-    size_t capacity = a->high_water, align = ARENA_ALIGN;
-    if (capacity >= ARENA_HUGE_PAGE) capacity = round_up(capacity, ARENA_HUGE_PAGE), align = ARENA_HUGE_PAGE;
-    void *p = NULL;
-    if (posix_memalign(&p, align, capacity) != 0) return;  // keep the old block; requests overflow
-    free(a->block);
+    size_t capacity = round_up(a->high_water, a->high_water >= ARENA_HUGE_PAGE ? ARENA_HUGE_PAGE : ARENA_ALIGN);
+    void *p = map_bytes(capacity);
+    if (p == NULL) return;  // keep the old block; requests past it overflow as before
+    unmap_bytes(a->block, a->capacity);
     a->block = p;
     a->capacity = capacity;
     a->grows++;
 #ifdef MADV_HUGEPAGE
-    if (align == ARENA_HUGE_PAGE) madvise(p, capacity, MADV_HUGEPAGE);  // a hint; failure changes nothing
+    if (capacity >= ARENA_HUGE_PAGE) madvise(p, capacity, MADV_HUGEPAGE);  // a hint; failure changes nothing
 #endif
 }
 
 void arena_destroy(Arena *a) {
-    for (int i = 0; i < a->n_overflow; i++) free(a->overflow[i].ptr);
-    free(a->block);
+    for (int i = 0; i < a->n_overflow; i++) unmap_bytes(a->overflow[i].ptr, a->overflow[i].size);
+    unmap_bytes(a->block, a->capacity);
     free(a->holes);
     free(a->overflow);
     memset(a, 0, sizeof *a);

@@ -5,7 +5,7 @@
 // smallest free hole that fits (a buffer released out of order leaves a hole;
 // holes next to each other merge) or else bumps the top. Nothing moves while
 // buffers are live, so a request that does not fit in the block is served by
-// its own malloc (an "overflow") at the offset it would have had, and the
+// its own mapping (an "overflow") at the offset it would have had, and the
 // arena remembers how high the offsets went (the high-water mark). At
 // arena_reset, when no buffer is live, the block is regrown to that mark: the
 // first step of a larger shape plans the block, and later steps of the same
@@ -26,8 +26,8 @@ typedef struct {
 } ArenaRange;
 
 typedef struct {
-    void *ptr;  // its own malloc
-    size_t offset;
+    void *ptr;  // its own mapping
+    size_t offset, size;
 } ArenaOverflow;
 
 typedef struct {
