@@ -24,6 +24,8 @@ static void usage(FILE *out) {
             "  --load-adapter DIR      LoRA/extra values from a PEFT adapter folder\n"
             "  --adapter-options DIR   LoRA options (r, alpha, targets) from DIR/adapter_config.json\n"
             "  --grad-scale F          (default 1)\n"
+            "  --gradient-checkpointing 0|1   recompute each decoder layer in the backward (default 0 here;\n"
+            "                          training recipes default to 1 as LLaMA-Factory)\n"
             "  --seed N --threads N\n"
             "  --repeat N              run the step N times and report the mean time\n"
             "  --save-full DIR --save-adapter DIR   save after the step (values unchanged)\n"
@@ -157,6 +159,7 @@ int command_model_step(int argc, char **argv) {
     double grad_scale = 1.0;
     LlavaOptions o;
     llava_options_defaults(&o);
+    o.gradient_checkpointing = 0;  // like for like with the PyTorch reference, which does not checkpoint
     int alpha_given = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -210,6 +213,8 @@ int command_model_step(int argc, char **argv) {
         else if (strcmp(a, "--save-full") == 0) save_full = v;
         else if (strcmp(a, "--save-adapter") == 0) save_adapter = v;
         else if (strcmp(a, "--grad-scale") == 0) bad = parse_double(v, &grad_scale);
+        else if (strcmp(a, "--gradient-checkpointing") == 0)
+            bad = parse_int(v, &o.gradient_checkpointing) || (o.gradient_checkpointing != 0 && o.gradient_checkpointing != 1);
         else if (strcmp(a, "--seed") == 0) bad = parse_int(v, &iv), o.seed = (uint64_t)iv;
         else if (strcmp(a, "--threads") == 0) bad = parse_int(v, &o.threads);
         else if (strcmp(a, "--repeat") == 0) bad = parse_int(v, &repeat) || repeat < 1;
@@ -271,10 +276,12 @@ int command_model_step(int argc, char **argv) {
     llava_memory_stats(model, &ms);
     if (rc == EXIT_OK) {
         printf("{\"loss\": %.9g, \"step_seconds\": %.6f, \"step_seconds_min\": %.6f, \"step_cpu_seconds_min\": %.6f, \"load_seconds\": %.3f, \"repeat\": %d, "
-               "\"activations_peak\": %zu, \"activations_kept_vision\": %zu, \"activations_kept_total\": %zu, "
+               "\"gradient_checkpointing\": %d, \"activations_peak\": %zu, \"activations_kept_vision\": %zu, "
+               "\"activations_kept_total\": %zu, \"activations_arena\": %zu, \"activations_arena_grows\": %d, "
                "\"weights_owned\": %zu, \"weights_mapped\": %zu, \"grads\": %zu, \"max_rss\": %ld}\n",
-               loss, step_seconds / repeat, step_min, cpu_min, load_seconds, repeat, ms.activations_peak, ms.activations_kept_vision,
-               ms.activations_kept_total, ms.weights_owned, ms.weights_mapped, ms.grads, peak_rss_bytes());
+               loss, step_seconds / repeat, step_min, cpu_min, load_seconds, repeat, o.gradient_checkpointing,
+               ms.activations_peak, ms.activations_kept_vision, ms.activations_kept_total, ms.activations_arena,
+               ms.activations_arena_grows, ms.weights_owned, ms.weights_mapped, ms.grads, peak_rss_bytes());
     }
     if (rc == EXIT_OK && positional[2] && write_results(model, &bf, positional[2], loss, &err) != 0) rc = EXIT_BAD_INPUT;
     if (rc == EXIT_OK && save_full && llava_save_full(model, save_full, 0, &err) != 0) rc = EXIT_BAD_INPUT;

@@ -1,65 +1,7 @@
-// A Linear layer with its optional LoRA adapter, and the activation tape.
+// A Linear layer with its optional LoRA adapter.
 #include <stdlib.h>
 
 #include "llava_internal.h"
-
-static void tape_note_peak(Tape *t) {
-    size_t now = t->kept + t->live_scratch;
-    if (now > t->peak) t->peak = now;
-}
-
-static float *tape_push(Tape *t, float *p) {
-    if (p == NULL) {
-        t->failed = 1;
-        return NULL;
-    }
-    if (t->count == t->capacity) {
-        int capacity = t->capacity ? 2 * t->capacity : 256;
-        void **grown = realloc(t->ptrs, sizeof(void *) * (size_t)capacity);
-        if (grown == NULL) {
-            t->failed = 1;
-            free(p);
-            return NULL;
-        }
-        t->ptrs = grown;
-        t->capacity = capacity;
-    }
-    t->ptrs[t->count++] = p;
-    return p;
-}
-
-float *tape_keep(Tape *t, size_t n, int vision) {
-    float *p = tape_push(t, kernel_alloc(n));
-    if (p) {
-        t->kept += n * sizeof(float);
-        if (vision) t->kept_vision += n * sizeof(float);
-        tape_note_peak(t);
-    }
-    return p;
-}
-
-float *tape_scratch(Tape *t, size_t n) {
-    float *p = kernel_alloc(n);
-    if (p == NULL) {
-        t->failed = 1;
-        return NULL;
-    }
-    t->live_scratch += n * sizeof(float);
-    tape_note_peak(t);
-    return p;
-}
-
-void tape_release_scratch(Tape *t, float *p, size_t n) {
-    if (p == NULL) return;
-    kernel_free(p);
-    t->live_scratch -= n * sizeof(float);
-}
-
-void tape_clear(Tape *t) {
-    for (int i = 0; i < t->count; i++) free(t->ptrs[i]);
-    t->count = 0;
-    t->kept = t->kept_vision = 0;
-}
 
 // y[N,out] = x W^T + b (+ LoRA). With cache != NULL the LoRA intermediates are
 // kept on the tape for linear_module_backward.

@@ -45,6 +45,10 @@ typedef struct {
     char additional_target[512];           // comma-separated, "" = none
     uint64_t seed;                         // LoRA A init and dropout masks
     int threads;                           // 0 = OMP default
+    // Activation checkpointing per decoder layer (LLaMA and, when it trains,
+    // CLIP): keep each layer's input, recompute its forward before its
+    // backward. Default 1, as LLaMA-Factory (disable_gradient_checkpointing: false).
+    int gradient_checkpointing;
 } LlavaOptions;
 
 // LLaMA-Factory's defaults (finetuning_type lora, rank 8, target all, ...).
@@ -77,9 +81,11 @@ typedef struct {
 
 // Memory accounting of the last step (bytes).
 typedef struct {
-    size_t activations_peak;          // activations kept for backward + live scratch, peak
-    size_t activations_kept_vision;   // activations of the vision tower kept for backward
-    size_t activations_kept_total;    // all activations kept for backward
+    size_t activations_peak;          // activations kept for backward + live scratch (+ a recomputed layer), peak
+    size_t activations_kept_vision;   // activations of the vision tower kept for backward (at the forward's end)
+    size_t activations_kept_total;    // all activations kept for backward (at the forward's end)
+    size_t activations_arena;         // the one block activations live in, planned for the largest step so far
+    int activations_arena_grows;      // times that block was planned (grown) so far
     size_t weights_owned;             // fp32 copies the model allocated (masters, converted frozen weights)
     size_t weights_mapped;            // frozen weights used in place from the mmap
     size_t grads;                     // gradient buffers

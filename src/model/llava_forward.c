@@ -9,6 +9,16 @@
 // the backward) or not (scratch, freed as soon as the next layer has its
 // input). A part with nothing trainable at or before it runs without keep,
 // so a frozen vision tower holds no activations at all.
+//
+// Activation checkpointing (options.gradient_checkpointing; HF's
+// gradient_checkpointing with use_reentrant=False, which LLaMA-Factory turns
+// on by default): a decoder layer of a kept part keeps only its input. Its
+// forward runs on scratch and writes its output straight into the next
+// layer's kept input; the backward recomputes the layer's forward on the tape
+// just before the layer's backward and releases it right after. LoRA dropout
+// masks come from the model's stream, whose state before each layer is saved
+// so that the recompute draws the same masks: gradients are the same as
+// without checkpointing, bit for bit.
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,6 +38,7 @@ typedef struct {
     int keep;    // activations of this part are kept for backward
     int vision;  // they count as vision-tower memory
     int training;
+    float *out;  // when set, the layer writes its output here (a checkpoint) instead of a new buffer
     Scratch scratch;
 } Pass;
 
@@ -73,7 +84,8 @@ static int vision_layer_forward(Pass *p, const VisionLayer *layer, VisionActs *a
     a->q = buf(p, (size_t)N * C), a->k = buf(p, (size_t)N * C), a->v = buf(p, (size_t)N * C);
     a->att = buf(p, (size_t)N * C), a->lse = buf(p, (size_t)n * H * T), a->x_mid = buf(p, (size_t)N * C);
     a->mean2 = buf(p, N), a->rstd2 = buf(p, N), a->h2 = buf(p, (size_t)N * C);
-    a->f1 = buf(p, (size_t)N * F), a->a1 = buf(p, (size_t)N * F), a->x_out = buf(p, (size_t)N * C);
+    a->f1 = buf(p, (size_t)N * F), a->a1 = buf(p, (size_t)N * F);
+    a->x_out = p->out ? p->out : buf(p, (size_t)N * C);
     if (p->m->tape.failed) return -1;
     layernorm_forward(a->h1, a->mean1, a->rstd1, x_in, layer->ln1_w->data, layer->ln1_b->data, N, C, (float)vc->layer_norm_eps);
     lin(p, &layer->q, a->q, a->h1, N, &a->cq);
@@ -132,8 +144,34 @@ static void vision_layer_backward(LlavaModel *m, const VisionLayer *layer, const
 typedef struct {
     float *patches, *patch_embeds, *embeds, *mean0, *rstd0, *x0;
     VisionActs *layers;
+    Rng *layer_rng;   // checkpointing: dropout stream before each layer (NULL = not checkpointed)
     float *features;  // [n*P', C]
 } VisionState;
+
+// Checkpointed forward of vision layer i: only x_in (kept by the caller) and
+// the output (kept here) survive.
+static int vision_layer_forward_checkpointed(LlavaModel *m, VisionState *s, int i, const float *x_in, int n, int T) {
+    s->layer_rng[i] = m->dropout_rng;
+    Pass sp = {.m = m, .keep = 0, .vision = 1, .training = 1,
+               .out = tape_keep(&m->tape, (size_t)n * T * m->config.vision.hidden_size, 1)};
+    if (sp.out == NULL) return -1;
+    int rc = vision_layer_forward(&sp, &m->vision_layers[i], &s->layers[i], x_in, n, T);
+    end_layer(&sp, NULL);
+    return rc;
+}
+
+// Recomputes vision layer i's activations on the tape from its kept input
+// with the dropout masks of the first forward.
+static int vision_layer_recompute(LlavaModel *m, VisionState *s, int i, int n, int T) {
+    Rng after = m->dropout_rng;
+    m->dropout_rng = s->layer_rng[i];
+    const float *x_in = s->layers[i].x_in;
+    memset(&s->layers[i], 0, sizeof s->layers[i]);
+    Pass rp = {.m = m, .keep = 1, .vision = 1, .training = 1};
+    int rc = vision_layer_forward(&rp, &m->vision_layers[i], &s->layers[i], x_in, n, T);
+    m->dropout_rng = after;
+    return rc;
+}
 
 static int vision_forward(Pass *p, VisionState *s, const float *pixels, int n) {
     LlavaModel *m = p->m;
@@ -155,7 +193,9 @@ static int vision_forward(Pass *p, VisionState *s, const float *pixels, int n) {
     float *x = s->x0;
     if (!p->keep) end_layer(p, x);
     for (int i = 0; i < m->vision_layers_run; i++) {
-        if (vision_layer_forward(p, &m->vision_layers[i], &s->layers[i], x, n, T) != 0) return -1;
+        if (s->layer_rng) {
+            if (vision_layer_forward_checkpointed(m, s, i, x, n, T) != 0) return -1;
+        } else if (vision_layer_forward(p, &m->vision_layers[i], &s->layers[i], x, n, T) != 0) return -1;
         float *next = s->layers[i].x_out;
         if (!p->keep) {
             end_layer(p, next);
@@ -188,7 +228,10 @@ static void vision_backward(LlavaModel *m, VisionState *s, const float *dfeature
                            m->position_embedding->trainable || m->pre_ln_w->trainable || m->pre_ln_b->trainable;
     for (int i = m->vision_layers_run - 1; i >= 0; i--) {
         int need_dx = i > 0 || embeds_trainable;
+        int mark = tape_mark(t);
+        if (s->layer_rng && vision_layer_recompute(m, s, i, n, T) != 0) goto done;
         vision_layer_backward(m, &m->vision_layers[i], &s->layers[i], need_dx ? dprev : NULL, dx, n, T);
+        tape_release_to(t, mark);
         float *swap = dx;
         dx = dprev;
         dprev = swap;
@@ -287,7 +330,7 @@ static int text_layer_forward(Pass *p, const TextLayer *layer, TextActs *a, cons
     a->att = buf(p, (size_t)N * Hq * D), a->lse = buf(p, (size_t)B * Hq * L);
     a->x_mid = buf(p, (size_t)N * C), a->rstd2 = buf(p, N), a->h2 = buf(p, (size_t)N * C);
     a->gate = buf(p, (size_t)N * F), a->up = buf(p, (size_t)N * F), a->act = buf(p, (size_t)N * F);
-    a->x_out = buf(p, (size_t)N * C);
+    a->x_out = p->out ? p->out : buf(p, (size_t)N * C);
     if (p->m->tape.failed) return -1;
     rmsnorm_forward(a->h1, a->rstd1, x_in, layer->norm1->data, N, C, eps);
     lin(p, &layer->q, a->q, a->h1, N, &a->cq);
@@ -349,6 +392,33 @@ static void text_layer_backward(LlavaModel *m, const TextLayer *layer, const Tex
     tape_release_scratch(t, dv, (size_t)N * Hkv * D);
 }
 
+// Checkpointed forward of a text layer: only x_in (kept by the caller) and
+// the output (kept here) survive; *rng_before saves the dropout stream.
+static int text_layer_forward_checkpointed(LlavaModel *m, const TextLayer *layer, TextActs *a, Rng *rng_before,
+                                           const float *x_in, const int32_t *mask, int B, int L) {
+    *rng_before = m->dropout_rng;
+    Pass sp = {.m = m, .keep = 0, .vision = 0, .training = 1,
+               .out = tape_keep(&m->tape, (size_t)B * L * m->config.text.hidden_size, 0)};
+    if (sp.out == NULL) return -1;
+    int rc = text_layer_forward(&sp, layer, a, x_in, mask, B, L);
+    end_layer(&sp, NULL);
+    return rc;
+}
+
+// Recomputes a text layer's activations on the tape from its kept input with
+// the dropout masks of the first forward.
+static int text_layer_recompute(LlavaModel *m, const TextLayer *layer, TextActs *a, const Rng *rng_before,
+                                const int32_t *mask, int B, int L) {
+    Rng after = m->dropout_rng;
+    m->dropout_rng = *rng_before;
+    const float *x_in = a->x_in;
+    memset(a, 0, sizeof *a);
+    Pass rp = {.m = m, .keep = 1, .vision = 0, .training = 1};
+    int rc = text_layer_forward(&rp, layer, a, x_in, mask, B, L);
+    m->dropout_rng = after;
+    return rc;
+}
+
 // ------------------------------------------------------------ the model
 
 static int check_batch(const LlavaModel *m, const LlavaBatch *b, int *image_rows_out, Error *err) {
@@ -387,24 +457,28 @@ static int run(LlavaModel *m, const LlavaBatch *b, RunMode mode, float grad_scal
     if (check_batch(m, b, &image_rows, err) != 0) return -1;
     int B = b->batch_size, L = b->seq_len, N = B * L, C = tc->hidden_size, V = tc->vocab_size;
     int train = mode == RUN_TRAIN;
+    int checkpoint = train && m->options.gradient_checkpointing;
     Tape *t = &m->tape;
     tape_clear(t);
     t->peak = 0;
     t->failed = 0;
-    t->live_scratch = 0;
     int rc = -1;
-    int32_t *image_index = malloc(sizeof(int32_t) * (size_t)(image_rows + 1));
-    uint8_t *is_image = calloc((size_t)N, 1);
-    int32_t *targets = malloc(sizeof(int32_t) * (size_t)N);
-    int32_t *row_index = NULL, *row_targets_owned = NULL;
+    // Step bookkeeping lives in the arena too (gone at tape_clear): a step allocates nothing.
+    int32_t *image_index = tape_step_bytes(t, sizeof(int32_t) * (size_t)(image_rows + 1));
+    uint8_t *is_image = tape_step_bytes(t, (size_t)N);
+    int32_t *targets = tape_step_bytes(t, sizeof(int32_t) * (size_t)N);
+    int32_t *row_index = NULL;
     VisionState vs = {0};
     ProjectorActs pa = {0};
-    TextActs *ta = calloc((size_t)tc->num_hidden_layers + 1, sizeof(TextActs));
+    TextActs *ta = tape_step_bytes(t, sizeof(TextActs) * ((size_t)tc->num_hidden_layers + 1));
+    Rng *text_rng = checkpoint ? tape_step_bytes(t, sizeof(Rng) * ((size_t)tc->num_hidden_layers + 1)) : NULL;
     float *features = NULL, *x = NULL, *xf = NULL, *rstdf = NULL, *logits = NULL, *lse = NULL;
     int features_scratch = 0;
-    size_t features_n = 0, vision_features_n = 0;
-    int vision_features_scratch = 0;
-    if (!image_index || !is_image || !targets || !ta) goto oom;
+    size_t features_n = 0, vision_features_n = 0, kept_forward = 0, kept_vision_forward = 0;
+    int vision_features_scratch = 0, forward_done = 0;
+    if (!image_index || !is_image || !targets || !ta || (checkpoint && !text_rng)) goto oom;
+    memset(is_image, 0, (size_t)N);
+    memset(ta, 0, sizeof(TextActs) * ((size_t)tc->num_hidden_layers + 1));
     for (int i = 0, k = 0; i < N; i++)
         if (c->has_vision && b->input_ids[i] == c->image_token_index) {
             image_index[k++] = i;
@@ -417,9 +491,14 @@ static int run(LlavaModel *m, const LlavaBatch *b, RunMode mode, float grad_scal
 
     int projector_keep = train && (m->projector_trainable || m->vision_trainable);
     if (b->n_images > 0) {
-        vs.layers = calloc((size_t)m->vision_layers_run + 1, sizeof(VisionActs));
-        if (!vs.layers) goto oom;
         Pass vp = {.m = m, .keep = train && m->vision_trainable, .vision = 1, .training = train};
+        vs.layers = tape_step_bytes(t, sizeof(VisionActs) * ((size_t)m->vision_layers_run + 1));
+        if (!vs.layers) goto oom;
+        memset(vs.layers, 0, sizeof(VisionActs) * ((size_t)m->vision_layers_run + 1));
+        if (checkpoint && vp.keep) {
+            vs.layer_rng = tape_step_bytes(t, sizeof(Rng) * ((size_t)m->vision_layers_run + 1));
+            if (!vs.layer_rng) goto oom;
+        }
         if (vision_forward(&vp, &vs, b->pixel_values, b->n_images) != 0) goto oom;
         Pass pp = {.m = m, .keep = projector_keep, .vision = 0, .training = train};
         if (projector_forward(&pp, &pa, vs.features, image_rows) != 0) goto oom;
@@ -446,7 +525,11 @@ static int run(LlavaModel *m, const LlavaBatch *b, RunMode mode, float grad_scal
     }
     float *h = x;
     for (int i = 0; i < tc->num_hidden_layers; i++) {
-        if (text_layer_forward(&lp, &m->text_layers[i], &ta[i], h, b->attention_mask, B, L) != 0) goto oom;
+        if (checkpoint) {
+            if (text_layer_forward_checkpointed(m, &m->text_layers[i], &ta[i], &text_rng[i], h, b->attention_mask, B,
+                                                L) != 0)
+                goto oom;
+        } else if (text_layer_forward(&lp, &m->text_layers[i], &ta[i], h, b->attention_mask, B, L) != 0) goto oom;
         float *next = ta[i].x_out;
         if (!train) {
             end_layer(&lp, next);
@@ -467,8 +550,8 @@ static int run(LlavaModel *m, const LlavaBatch *b, RunMode mode, float grad_scal
     int32_t *row_targets = targets;
     if (!logits_out) {
         rows = count;
-        row_index = malloc(sizeof(int32_t) * (size_t)(rows + 1));
-        row_targets = row_targets_owned = malloc(sizeof(int32_t) * (size_t)(rows + 1));
+        row_index = tape_step_bytes(t, sizeof(int32_t) * (size_t)(rows + 1));
+        row_targets = tape_step_bytes(t, sizeof(int32_t) * (size_t)(rows + 1));
         head_in = buf(&lp, (size_t)rows * C);
         if (!row_index || !row_targets || !head_in) goto oom;
         for (int i = 0, k = 0; i < N; i++)
@@ -488,6 +571,8 @@ static int run(LlavaModel *m, const LlavaBatch *b, RunMode mode, float grad_scal
     double loss = count ? total / count : 0.0;
     if (loss_out) *loss_out = loss;
     if (count_out) *count_out = count;
+    // What the backward starts from (with checkpointing: layer inputs, not layer activations).
+    kept_forward = t->kept, kept_vision_forward = t->kept_vision, forward_done = 1;
     if (!train) {
         if (!logits_out) tape_release_scratch(t, logits, (size_t)rows * V);
         tape_release_scratch(t, lse, rows);
@@ -516,7 +601,11 @@ static int run(LlavaModel *m, const LlavaBatch *b, RunMode mode, float grad_scal
     int need_input_grad = m->embed_trainable || (image_rows && projector_keep);
     for (int i = tc->num_hidden_layers - 1; i >= 0; i--) {
         int need = i > 0 || need_input_grad;
+        int mark = tape_mark(t);
+        if (checkpoint && text_layer_recompute(m, &m->text_layers[i], &ta[i], &text_rng[i], b->attention_mask, B, L) != 0)
+            goto oom;
         text_layer_backward(m, &m->text_layers[i], &ta[i], need ? dprev : NULL, dh, b->attention_mask, B, L);
+        tape_release_to(t, mark);
         float *swap = dh;
         dh = dprev;
         dprev = swap;
@@ -548,16 +637,11 @@ done:
     // A frozen tower's output under a trained projector was scratch held until now.
     if (vision_features_scratch && vs.features) tape_release_scratch(t, vs.features, vision_features_n);
     m->stats.activations_peak = t->peak;
-    m->stats.activations_kept_vision = t->kept_vision;
-    m->stats.activations_kept_total = t->kept;
-    tape_clear(t);
-    free(image_index);
-    free(is_image);
-    free(targets);
-    free(row_index);
-    free(row_targets_owned);
-    free(ta);
-    free(vs.layers);
+    m->stats.activations_kept_vision = forward_done ? kept_vision_forward : t->kept_vision;
+    m->stats.activations_kept_total = forward_done ? kept_forward : t->kept;
+    tape_clear(t);  // everything above, the bookkeeping included; the arena is regrown to this step's plan
+    m->stats.activations_arena = t->arena.capacity;
+    m->stats.activations_arena_grows = t->arena.grows;
     return rc;
 }
 

@@ -3,6 +3,7 @@
 #ifndef VLFT_LLAVA_INTERNAL_H
 #define VLFT_LLAVA_INTERNAL_H
 
+#include "../base/arena.h"
 #include "../base/rng.h"
 #include "../io/safetensors.h"
 #include "../kernels/kernels.h"
@@ -45,19 +46,40 @@ typedef struct {
     uint8_t *keep;    // [N, in] when dropout
 } LinearCache;
 
-// Activation bookkeeping. Buffers kept for the backward live on the tape
-// and are freed together after it; scratch buffers are freed at once.
+// Activation bookkeeping (tape.c). Every buffer of a step comes from one
+// arena (src/base/arena.h), planned on the first step of a shape and reused
+// after. Buffers kept for the backward are recorded in order, so the
+// activations a checkpointed layer recomputes can be released right after its
+// backward (tape_mark / tape_release_to); everything else goes at tape_clear.
+// Scratch buffers are released by their user as soon as they are done.
 typedef struct {
-    void **ptrs;
+    float *ptr;
+    size_t bytes;
+    int vision;
+} TapeRecord;
+
+typedef struct {
+    Arena arena;
+    TapeRecord *records;  // kept buffers, oldest first
     int count, capacity;
-    size_t kept, kept_vision, live_scratch, peak;
+    size_t kept, kept_vision, live_scratch, peak;  // bytes asked for (the arena adds alignment)
     int failed;  // an allocation failed
 } Tape;
 
+// n floats kept for the backward (vision: counts as vision-tower memory).
 float *tape_keep(Tape *t, size_t n, int vision);
+// n floats of scratch, released with tape_release_scratch(t, p, n).
 float *tape_scratch(Tape *t, size_t n);
 void tape_release_scratch(Tape *t, float *p, size_t n);
+// Bookkeeping for the whole step (index lists, per-layer records): not
+// activations, not counted, gone at tape_clear.
+void *tape_step_bytes(Tape *t, size_t bytes);
+// Kept buffers recorded after a mark are released, newest first, by tape_release_to.
+int tape_mark(const Tape *t);
+void tape_release_to(Tape *t, int mark);
+// Releases everything (the arena keeps its block, regrown to the step's high-water mark).
 void tape_clear(Tape *t);
+void tape_free(Tape *t);
 
 typedef struct {
     Linear q, k, v, o;

@@ -255,8 +255,7 @@ fail:
 
 void llava_free(LlavaModel *m) {
     if (m == NULL) return;
-    tape_clear(&m->tape);
-    free(m->tape.ptrs);
+    tape_free(&m->tape);
     for (int i = 0; i < m->n_weights; i++) {
         kernel_free(m->weights[i].owned);
         kernel_free(m->weights[i].grad);

@@ -278,6 +278,7 @@ void llava_options_defaults(LlavaOptions *o) {
     o->lora_dropout = 0.0;
     snprintf(o->lora_target, sizeof o->lora_target, "all");
     o->seed = 42;
+    o->gradient_checkpointing = 1;
 }
 
 int llava_options_from_recipe(const Recipe *r, LlavaOptions *o, Error *err) {
@@ -307,5 +308,6 @@ int llava_options_from_recipe(const Recipe *r, LlavaOptions *o, Error *err) {
     snprintf(o->additional_target, sizeof o->additional_target, "%s", r->additional_target ? r->additional_target : "");
     o->seed = (uint64_t)r->seed;
     o->threads = r->threads;
+    o->gradient_checkpointing = !r->disable_gradient_checkpointing;
     return 0;
 }

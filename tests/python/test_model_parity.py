@@ -1,7 +1,9 @@
 """vlft's model (vlft model-step) against the PyTorch reference of
 llava_reference.py on tiny random models: logits, loss and the gradient of
 every trainable tensor, for both projectors, 1 and 2 images per sample, a
-right-padded batch of 2, and the LoRA / full / everything-trainable setups."""
+right-padded batch of 2, and the LoRA / full / everything-trainable setups.
+Every comparison runs vlft twice, without and with activation checkpointing:
+both must match the reference, and each other bit for bit."""
 import json
 import os
 
@@ -45,7 +47,7 @@ def compare(folder, setup, images_per_sample, seed=0, grad_scale=1.0, report=Non
     batch_path = os.path.join(work, "batch.safetensors")
     write_safetensors(batch_path, batch)
     reference = ref.LlavaReference(folder, **kwargs)
-    args = ["_model-step", folder, batch_path, os.path.join(work, "out.safetensors"), *flags, "--grad-scale", grad_scale]
+    args = ["_model-step", folder, batch_path, *flags, "--grad-scale", grad_scale]
     if reference.lora:
         # Random non-zero A and B (B = 0 at init would hide half the gradients).
         adapter = ref.random_adapter(ref.lora_shapes(reference), kwargs.get("lora_rank", 8), rng)
@@ -54,8 +56,25 @@ def compare(folder, setup, images_per_sample, seed=0, grad_scale=1.0, report=Non
         write_safetensors(os.path.join(work, "adapter", "adapter_model.safetensors"), adapter)
         args += ["--load-adapter", os.path.join(work, "adapter")]
     expected = reference.step(batch, grad_scale=grad_scale)
-    result = run_vlft(*args)
-    got, _ = read_safetensors(os.path.join(work, "out.safetensors"))
+    stats, outputs = [], []
+    for checkpointing in (0, 1):
+        out = os.path.join(work, f"out{checkpointing}.safetensors")
+        result = run_vlft(*args, "--gradient-checkpointing", checkpointing, out)
+        stats.append(json.loads(result.stdout.strip().splitlines()[-1]))
+        outputs.append(read_safetensors(out)[0])
+        check_against_reference(outputs[-1], expected, setup, report)
+    # Checkpointing recomputes the same values with the same kernels on the
+    # same inputs (and the same dropout masks): nothing may differ at all.
+    assert set(outputs[0]) == set(outputs[1])
+    for name in outputs[0]:
+        assert np.array_equal(outputs[0][name], outputs[1][name]), f"{name} differs with checkpointing"
+    # ...while each LLaMA layer now keeps only its input.
+    assert stats[1]["gradient_checkpointing"] == 1 and stats[0]["gradient_checkpointing"] == 0
+    assert stats[1]["activations_kept_total"] < stats[0]["activations_kept_total"], stats
+    return stats[0], expected
+
+
+def check_against_reference(got, expected, setup, report):
     logits = expected["logits"]
     assert got["logits"].shape == logits.shape
     worst = float(np.max(np.abs(got["logits"] - logits)) / np.max(np.abs(logits)))
@@ -81,7 +100,6 @@ def compare(folder, setup, images_per_sample, seed=0, grad_scale=1.0, report=Non
             report["grad"] = max(report.get("grad", 0.0), err)
         assert err < 1e-3, f"{setup}: gradient of {name} differs by {err:.2e} (relative norm)"
     assert nonzero > 0
-    return json.loads(result.stdout.strip().splitlines()[-1]), expected
 
 
 def test_yivl_lora_one_image():

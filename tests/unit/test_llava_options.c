@@ -56,3 +56,22 @@ Test(llava_options, full_and_freeze_keys) {
     cr_expect_eq(o.freeze_vision_tower, 1);
     recipe_free(&r);
 }
+
+Test(llava_options, gradient_checkpointing_on_unless_disabled) {
+    // LLaMA-Factory enables gradient checkpointing unless disable_gradient_checkpointing is set.
+    Recipe r;
+    LlavaOptions o;
+    Error err;
+    parse("model_name_or_path: m\nfinetuning_type: lora\n", &r);
+    cr_assert_eq(llava_options_from_recipe(&r, &o, &err), 0, "%s", err.message);
+    cr_expect_eq(o.gradient_checkpointing, 1);
+    recipe_free(&r);
+    parse("model_name_or_path: m\nfinetuning_type: full\ndisable_gradient_checkpointing: true\n", &r);
+    cr_assert_eq(llava_options_from_recipe(&r, &o, &err), 0, "%s", err.message);
+    cr_expect_eq(o.gradient_checkpointing, 0);
+    recipe_free(&r);
+    parse("model_name_or_path: m\ndisable_gradient_checkpointing: false\n", &r);
+    cr_assert_eq(llava_options_from_recipe(&r, &o, &err), 0, "%s", err.message);
+    cr_expect_eq(o.gradient_checkpointing, 1);
+    recipe_free(&r);
+}
