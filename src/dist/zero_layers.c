@@ -183,7 +183,9 @@ static int launch(Zero *z, Error *err) {
 }
 
 // The gradients of the tensors this layer completes (their first reader)
-// go into the open bucket; a full bucket starts its reduction.
+// go into the open bucket; a full bucket starts its reduction. Stage 3
+// starts it at the end of every layer, so that the layer's full gradients
+// can go at once.
 static int complete(Zero *z, int layer, Error *err) {
     for (int k = z->layers.first[layer]; k < z->layers.first[layer + 1]; k++) {
         int i = z->layers.members[k];
@@ -192,7 +194,7 @@ static int complete(Zero *z, int layer, Error *err) {
         z->open_elements += z->params[i].numel;
         if (z->open_elements >= z->bucket && launch(z, err) != 0) return -1;
     }
-    return 0;
+    return z->stage == 3 ? launch(z, err) : 0;
 }
 
 // ------------------------------------------------------------ stage 3 residency
@@ -307,7 +309,8 @@ static int before_backward(void *user, int layer, Error *err) {
     if (backward_to(z, layer, err) != 0) return -1;
     if (z->stage == 3 && acquire(z, layer, 1, err) != 0) return -1;
     z->next_backward = layer - 1;
-    return 0;
+    // the gather let earlier reductions finish: free their buffers before the layer's backward
+    return progress(z, err);
 }
 
 static int after_backward(void *user, int layer, Error *err) {
@@ -316,7 +319,7 @@ static int after_backward(void *user, int layer, Error *err) {
     if (!active(z, layer, err, &rc)) return rc;
     if (complete(z, layer, err) != 0) return -1;
     if (z->stage == 3) release(z, layer);
-    return 0;
+    return progress(z, err);
 }
 
 LayerHooks zero_hooks(Zero *z) {
