@@ -253,3 +253,9 @@ def test_zero3_full_finetuning_halves_memory_per_rank_and_equals_one_process():
     reference, _ = read_safetensors(os.path.join(single, "checkpoint-6", "trainable.safetensors"))
     assert worst_relative(trained, reference) <= 1e-6
     assert np.allclose(losses(out), losses(single), rtol=0, atol=1e-4)
+    # one process at stage 3 (gathers are copies, a reduce-scatter per micro-batch adds up in the shard)
+    alone = os.path.join(d, "alone")
+    write_recipe(os.path.join(d, "alone.yaml"), **{**settings(model, data, alone, 2, 6, 6), **full, "zero_stage": 3})
+    assert memory_line(run_vlft("train", os.path.join(d, "alone.yaml")).stderr)["total"] == one["total"]
+    trained, _ = read_safetensors(os.path.join(alone, "checkpoint-6", "trainable.safetensors"))
+    assert worst_relative(trained, reference) <= 1e-6
