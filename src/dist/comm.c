@@ -130,6 +130,20 @@ int comm_allgather_f32(Comm *comm, const float *shard_values, float *out, size_t
 #endif
 }
 
+int comm_gather_f32(Comm *comm, const float *shard_values, float *out, size_t shard, int root, Error *err) {
+    if (!comm->uses_mpi) {
+        memmove(out, shard_values, shard * sizeof(float));
+        return 0;
+    }
+#ifdef VLFT_MPI
+    if (shard > (size_t)0x7fffffff) return error_set(err, "gather shard of %zu elements is too large", shard);
+    return check(MPI_Gather(shard_values, (int)shard, MPI_FLOAT, out, (int)shard, MPI_FLOAT, root, MPI_COMM_WORLD),
+                 "gather", err);
+#else
+    return 0;
+#endif
+}
+
 int comm_broadcast(Comm *comm, void *data, size_t bytes, int root, Error *err) {
     if (!comm->uses_mpi) return 0;
 #ifdef VLFT_MPI

@@ -29,6 +29,8 @@ int comm_allreduce_sum_f64(Comm *comm, double *values, size_t n, Error *err);
 int comm_reduce_scatter_sum_f32(Comm *comm, const float *values, float *out, size_t shard, Error *err);
 // Each rank contributes shard elements; everyone receives all size*shard.
 int comm_allgather_f32(Comm *comm, const float *shard_values, float *out, size_t shard, Error *err);
+// The same, received by root only (out is ignored elsewhere and may be NULL).
+int comm_gather_f32(Comm *comm, const float *shard_values, float *out, size_t shard, int root, Error *err);
 int comm_broadcast(Comm *comm, void *data, size_t bytes, int root, Error *err);
 
 // Non-blocking forms (gradient reductions overlapped with the backward

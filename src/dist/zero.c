@@ -40,7 +40,8 @@ static int layers_init(Zero *z, const LayerTable *layers, Error *err) {
     for (int l = n_layers - 1; l >= 0; l--)
         for (int k = z->layers.first[l]; k < z->layers.first[l + 1]; k++) {
             int i = z->layers.members[k];
-            if (i < 0 || i >= z->n_params) return error_set(err, "ZeRO: layer %d lists tensor %d of %d", l, i, z->n_params);
+            if (i < 0 || i >= z->n_params)
+                return error_set(err, "ZeRO: layer %d lists tensor %d of %d", l, i, z->n_params);
             z->last_layer[i] = l;
         }
     for (int i = 0; i < z->n_params; i++)
@@ -100,16 +101,16 @@ int zero_init(Zero *z, Comm *comm, int stage, ParamRef *params, int n_params, co
         zero_free(z);
         return error_set(err, "ZeRO: out of memory for a shard of %zu elements", z->shard);
     }
-    // this rank's parts of the moments (and, for stage 3, of the values)
+    // this rank's parts of the moments (and, for stage 3, of the values:
+    // from then on the model holds a tensor only while a layer uses it, so
+    // its full buffers go at once, keeping the peak low)
     for (int i = 0; i < n_params; i++) {
         size_t begin = (size_t)z->rank * z->part[i], len = zero_part_length(z, i, z->rank);
         memcpy(z->exp_avg + z->part_offset[i], state->exp_avg[i] + begin, len * sizeof(float));
         memcpy(z->exp_avg_sq + z->part_offset[i], state->exp_avg_sq[i] + begin, len * sizeof(float));
-        if (stage == 3) memcpy(z->master + z->part_offset[i], params[i].value + begin, len * sizeof(float));
-    }
-    if (stage == 3) {
-        // from now on the model holds a tensor only while a layer uses it
-        for (int i = 0; i < n_params; i++) z->storage.free(z->storage.ctx, i, 1, 1);
+        if (stage != 3) continue;
+        memcpy(z->master + z->part_offset[i], params[i].value + begin, len * sizeof(float));
+        z->storage.free(z->storage.ctx, i, 1, 1);
     }
     return 0;
 }
@@ -177,7 +178,7 @@ int zero_step(Zero *z, AdamW *full, double max_norm, double lr, double *grad_nor
     z->grad_shard = NULL;
     zero_uncount_transient(z, z->shard * sizeof(float));
     for (int i = 0; i < z->n_params; i++) z->dst[i] = z->params[i].value;
-    return zero_gather_tensors(z, z->all_tensors, z->n_params, NULL, z->dst, err);
+    return zero_gather_tensors(z, z->all_tensors, z->n_params, NULL, z->dst, 0, err);
 }
 
 // (The gathers of whole state for checkpoints hold full copies by design:
@@ -185,9 +186,12 @@ int zero_step(Zero *z, AdamW *full, double max_norm, double lr, double *grad_nor
 int zero_gather_state(Zero *z, AdamW *full, Error *err) {
     if (z->stage == 0) return 0;
     size_t peak = z->transient_peak;
-    int rc = zero_gather_tensors(z, z->all_tensors, z->n_params, z->exp_avg, full->exp_avg, err);
-    if (rc == 0) rc = zero_gather_tensors(z, z->all_tensors, z->n_params, z->exp_avg_sq, full->exp_avg_sq, err);
-    full->step = z->step;
+    int root = z->rank == 0;
+    if (root && full == NULL) return error_set(err, "ZeRO: no optimizer state to gather into");
+    int rc = zero_gather_tensors(z, z->all_tensors, z->n_params, z->exp_avg, root ? full->exp_avg : NULL, 1, err);
+    if (rc == 0)
+        rc = zero_gather_tensors(z, z->all_tensors, z->n_params, z->exp_avg_sq, root ? full->exp_avg_sq : NULL, 1, err);
+    if (root) full->step = z->step;
     z->transient_peak = peak;
     return rc;
 }
@@ -197,11 +201,11 @@ int zero_gather_all(Zero *z, Error *err) {
     if (z->in_round) return error_set(err, "ZeRO: gathering every parameter in the middle of a micro-batch");
     size_t peak = z->transient_peak;
     int rc = 0;
-    for (int i = 0; i < z->n_params && rc == 0; i++) {
+    for (int i = 0; i < z->n_params && rc == 0 && z->rank == 0; i++) {
         rc = z->storage.alloc(z->storage.ctx, i, 1, 0, err);
         z->dst[i] = z->params[i].value;
     }
-    if (rc == 0) rc = zero_gather_tensors(z, z->all_tensors, z->n_params, z->master, z->dst, err);
+    if (rc == 0) rc = zero_gather_tensors(z, z->all_tensors, z->n_params, z->master, z->dst, 1, err);
     z->transient_peak = peak;
     z->pinned = 1;  // zero_release_all frees what was allocated, also after a failure
     return rc;

@@ -136,14 +136,15 @@ int zero_catch_up(Zero *z, int rounds, Error *err);
 // Collective.
 int zero_step(Zero *z, AdamW *full, double max_norm, double lr, double *grad_norm, Error *err);
 
-// Stage >= 1: fills full (allocated by adamw_init for the params) with the
-// whole state, every rank's parts all-gathered: what a checkpoint saves,
-// independent of the number of ranks. Collective.
+// Stage >= 1: fills full (allocated by adamw_init for the params, on rank 0;
+// NULL on the others) with the whole state, every rank's parts gathered on
+// rank 0: what a checkpoint saves, independent of the number of ranks.
+// Collective.
 int zero_gather_state(Zero *z, AdamW *full, Error *err);
 
-// Stage 3: every tensor's full values resident in the model (a checkpoint,
-// an evaluation, the final save read them) until zero_release_all; the
-// hooks leave them in place meanwhile. Collective. Other stages: nothing.
+// Stage 3: every tensor's full values resident in rank 0's model (it alone
+// saves checkpoints and weights and evaluates) until zero_release_all; the
+// hooks leave things in place meanwhile. Collective. Other stages: nothing.
 int zero_gather_all(Zero *z, Error *err);
 void zero_release_all(Zero *z);
 
@@ -164,7 +165,9 @@ size_t zero_state_bytes(const Zero *z);
 size_t zero_part_length(const Zero *z, int i, int r);
 // All-gathers tensors ids[0..n): this rank's parts come from `mine` (a shard
 // vector) or, when NULL, from dst itself; every rank's parts land in dst[i].
-int zero_gather_tensors(Zero *z, const int *ids, int n, const float *mine, float *const *dst, Error *err);
+// to_root: gathered on rank 0 only (dst is not touched elsewhere).
+int zero_gather_tensors(Zero *z, const int *ids, int n, const float *mine, float *const *dst, int to_root,
+                        Error *err);
 void zero_count_transient(Zero *z, size_t bytes);
 void zero_uncount_transient(Zero *z, size_t bytes);
 

@@ -21,17 +21,20 @@ void zero_count_transient(Zero *z, size_t bytes) {
 
 void zero_uncount_transient(Zero *z, size_t bytes) { z->transient -= bytes < z->transient ? bytes : z->transient; }
 
-int zero_gather_tensors(Zero *z, const int *ids, int n, const float *mine, float *const *dst, Error *err) {
+int zero_gather_tensors(Zero *z, const int *ids, int n, const float *mine, float *const *dst, int to_root,
+                        Error *err) {
     int world = z->world, rank = z->rank;
+    int receives = !to_root || rank == 0;
     for (int k = 0; k < n;) {
         // a run of tensors whose parts fill at most a bucket over all ranks (at least one tensor)
         int end = k;
         size_t length = 0;  // elements each rank contributes
         while (end < n && (end == k || (length + z->part[ids[end]]) * (size_t)world <= z->bucket))
             length += z->part[ids[end++]];
-        size_t bytes = (length + (size_t)world * length) * sizeof(float);
-        float *send = malloc(length * sizeof(float) + 1), *recv = malloc((size_t)world * length * sizeof(float) + 1);
-        if (!send || !recv) {
+        size_t bytes = (length + (receives ? (size_t)world * length : 0)) * sizeof(float);
+        float *send = malloc(length * sizeof(float) + 1);
+        float *recv = receives ? malloc((size_t)world * length * sizeof(float) + 1) : NULL;
+        if (!send || (receives && !recv)) {
             free(send);
             free(recv);
             return error_set(err, "ZeRO: out of memory gathering %zu values", (size_t)world * length);
@@ -46,8 +49,9 @@ int zero_gather_tensors(Zero *z, const int *ids, int n, const float *mine, float
             memset(send + at + len, 0, (z->part[i] - len) * sizeof(float));
             at += z->part[i];
         }
-        int rc = comm_allgather_f32(z->comm, send, recv, length, err);
-        for (int r = 0; r < world && rc == 0; r++) {
+        int rc = to_root ? comm_gather_f32(z->comm, send, recv, length, 0, err)
+                         : comm_allgather_f32(z->comm, send, recv, length, err);
+        for (int r = 0; r < world && rc == 0 && receives; r++) {
             at = 0;
             for (int j = k; j < end; j++) {
                 int i = ids[j];
@@ -211,7 +215,7 @@ static int acquire(Zero *z, int layer, int grads, Error *err) {
         z->ids[n++] = i;
         z->dst[i] = z->params[i].value;  // (indexed by tensor, as zero_gather_tensors reads it)
     }
-    if (n > 0 && zero_gather_tensors(z, z->ids, n, z->master, z->dst, err) != 0) return -1;
+    if (n > 0 && zero_gather_tensors(z, z->ids, n, z->master, z->dst, 0, err) != 0) return -1;
     if (!grads) return 0;
     for (int k = z->layers.first[layer]; k < z->layers.first[layer + 1]; k++) {
         int i = z->layers.members[k];
@@ -236,7 +240,8 @@ static void release(Zero *z, int layer) {
 // Stage 3: the forwards of layers next_forward .. layer-1, which this pass
 // skips, still take their part in the gathers.
 static int forward_to(Zero *z, int layer, Error *err) {
-    if (layer < z->next_forward) return error_set(err, "ZeRO: layer %d ran its forward twice in one micro-batch", layer);
+    if (layer < z->next_forward)
+        return error_set(err, "ZeRO: layer %d ran its forward twice in one micro-batch", layer);
     for (int l = z->next_forward; l < layer; l++) {
         if (acquire(z, l, 0, err) != 0) return -1;
         release(z, l);
@@ -249,7 +254,8 @@ static int forward_to(Zero *z, int layer, Error *err) {
 // their gathers (stage 3) and the reductions of the tensors they complete,
 // with whatever gradient those hold (nothing new from this pass).
 static int backward_to(Zero *z, int layer, Error *err) {
-    if (layer > z->next_backward) return error_set(err, "ZeRO: layer %d ran its backward twice in one micro-batch", layer);
+    if (layer > z->next_backward)
+        return error_set(err, "ZeRO: layer %d ran its backward twice in one micro-batch", layer);
     for (int l = z->next_backward; l > layer; l--) {
         if (z->stage == 3 && acquire(z, l, 0, err) != 0) return -1;
         if (complete(z, l, err) != 0) return -1;
@@ -339,7 +345,8 @@ int zero_round_begin(Zero *z, int reduce, Error *err) {
     z->next_backward = z->layers.n_layers - 1;
     if (z->reducing && (z->stage == 1 || z->stage == 2) && z->grad_shard == NULL) {
         z->grad_shard = calloc(z->shard > 0 ? z->shard : 1, sizeof(float));
-        if (z->grad_shard == NULL) return error_set(err, "ZeRO: out of memory for a gradient shard of %zu values", z->shard);
+        if (z->grad_shard == NULL)
+            return error_set(err, "ZeRO: out of memory for a gradient shard of %zu values", z->shard);
         zero_count_transient(z, z->shard * sizeof(float));
     }
     return 0;

@@ -242,7 +242,9 @@ static int eval_loss(void *ctx, const int *ids, int n, double *loss, Error *err)
 
 static void zero_grad(void *ctx) { llava_zero_grad(((SftSession *)ctx)->model); }
 
-static void set_layer_hooks(void *ctx, const LayerHooks *hooks) { llava_set_layer_hooks(((SftSession *)ctx)->model, hooks); }
+static void set_layer_hooks(void *ctx, const LayerHooks *hooks) {
+    llava_set_layer_hooks(((SftSession *)ctx)->model, hooks);
+}
 
 static int save_weights(void *ctx, const char *dir, Error *err) {
     SftSession *s = ctx;

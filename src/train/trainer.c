@@ -173,19 +173,19 @@ static int evaluate_on_rank_0(Trainer *t, Error *err) {
 // ---------------------------------------------------------------- the loop
 
 // Saves t->boundary as checkpoint-N. Every rank calls it: for ZeRO stages
-// >= 1 the optimizer shards are first gathered into one full state (the
-// checkpoint is then the same whatever the number of ranks), and rank 0
-// alone writes. A failure on rank 0 comes back as -1 there; cmd_train then
+// >= 1 the optimizer shards (stage 3: and the values) are first gathered
+// into one full state on rank 0 (the checkpoint is then the same whatever
+// the number of ranks), and rank 0 alone writes. A failure on rank 0 comes back as -1 there; cmd_train then
 // ends every rank.
 static int save_checkpoint_all_ranks(Trainer *t, int training_stopped, Error *err) {
     const TrainerOptions *o = t->opt;
     int rc = zero_gather_all(&t->zero, err);  // ZeRO-3: the full values, for the weights
     if (rc == 0 && t->zero.stage >= 1) {
-        if (adamw_init(&t->adamw, t->model->params, t->model->n_params, o->adam_beta1, o->adam_beta2, o->adam_epsilon,
-                       o->weight_decay, err) != 0)
+        if (t->rank == 0 && adamw_init(&t->adamw, t->model->params, t->model->n_params, o->adam_beta1, o->adam_beta2,
+                                       o->adam_epsilon, o->weight_decay, err) != 0)
             rc = -1;
         else
-            rc = zero_gather_state(&t->zero, &t->adamw, err);
+            rc = zero_gather_state(&t->zero, t->rank == 0 ? &t->adamw : NULL, err);
     }
     if (rc == 0 && t->rank == 0) rc = checkpoint_save(t, training_stopped, err);
     if (t->zero.stage >= 1) adamw_free(&t->adamw);
@@ -415,9 +415,10 @@ static double peak_resident_bytes(void) {
     return kb * 1024;
 }
 
-// After the run: the largest peak over the ranks of the process's resident
-// memory and of ZeRO's transient buffers (gathered layers, buckets), on
-// rank 0's progress. Collective.
+// After the run: each rank's peak resident memory and the largest peak of
+// ZeRO's transient buffers (gathered layers, buckets), on rank 0's
+// progress. (Rank 0's resident peak includes assembling checkpoints and
+// the final weights.) Collective.
 static int report_peak_memory(Trainer *t, Error *err) {
     double *peaks = calloc(2 * (size_t)t->world, sizeof(double));
     if (peaks == NULL) return error_set(err, "out of memory");
@@ -427,13 +428,14 @@ static int report_peak_memory(Trainer *t, Error *err) {
     peaks[2 * t->rank + 1] = (double)mem.transient_peak;
     int rc = t->world > 1 ? comm_allreduce_sum_f64(t->comm, peaks, 2 * (size_t)t->world, err) : 0;
     if (rc == 0 && t->opt->progress && t->rank == 0) {
-        double resident = 0, transient = 0;
+        double transient = 0;
+        fprintf(stderr, "peak memory per rank: resident (VmHWM)");
         for (int r = 0; r < t->world; r++) {
-            resident = peaks[2 * r] > resident ? peaks[2 * r] : resident;
+            fprintf(stderr, "%s%.0f", r ? ", " : " ", peaks[2 * r]);
             transient = peaks[2 * r + 1] > transient ? peaks[2 * r + 1] : transient;
         }
-        fprintf(stderr, "peak memory per rank (largest of %d): resident (VmHWM) %.0f bytes; ZeRO's transient buffers "
-                        "(gathered layers, gradient buckets) %.0f bytes\n", t->world, resident, transient);
+        fprintf(stderr, " bytes; ZeRO's transient buffers (gathered layers, gradient buckets) at most %.0f bytes\n",
+                transient);
     }
     free(peaks);
     return rc;
@@ -482,7 +484,6 @@ int trainer_run(const TrainerOptions *opt, TrainModel *model, const int *train_i
             rc = checkpoint_clear_previous_run(opt->output_dir, err);
         if (rc == 0) checkpoint_remove_stale_temps(opt->output_dir);
     }
-    model->zero_grad(model->ctx);
     if (rc == 0 && resume_dir[0] != '\0') {
         rc = checkpoint_load(&t, resume_dir, err);
         if (rc != 0) error_prefix(err, "resuming");
@@ -501,6 +502,8 @@ int trainer_run(const TrainerOptions *opt, TrainModel *model, const int *train_i
                        model->storage.alloc ? &model->storage : NULL, err);
     // stages >= 1: the full moments were only needed to hand this rank its shard
     if (rc == 0 && t.zero.stage >= 1) adamw_free(&t.adamw);
+    // (after zero_init: ZeRO-3 has released the model's gradients, whose pages stay untouched)
+    model->zero_grad(model->ctx);
     if (rc != 0) {
         trainer_free(&t);
         return -1;

@@ -110,7 +110,8 @@ static int run_micro_batch(Check *c, int t, int m, int reduce) {
     }
     if (zero_round_end(c->zero, &err) != 0) return fail(c, "round end", t, err.message);
     for (int i = 0; i < N_TENSORS && c->stage == 3; i++)
-        if (c->params[i].value || c->params[i].grad) return fail(c, "a full tensor stays after the backward", t, names[i]);
+        if (c->params[i].value || c->params[i].grad)
+            return fail(c, "a full tensor stays after the backward", t, names[i]);
     return 0;
 }
 
@@ -145,7 +146,8 @@ static int check_stage(Comm *comm, int stage, size_t bucket) {
     if (bucket) zero.bucket = bucket;
     c.hooks = zero_hooks(&zero);
     // stage 3 refuses a pass outside a micro-batch: its values are not there
-    if (stage == 3 && c.hooks.before_forward(c.hooks.user, 0, &err) == 0) fail(&c, "a pass outside a round ran", 0, NULL);
+    if (stage == 3 && c.hooks.before_forward(c.hooks.user, 0, &err) == 0)
+        fail(&c, "a pass outside a round ran", 0, NULL);
     for (int t = 1; t <= STEPS && !c.bad; t++) {
         // the reference: one process with every rank's micro-batches
         for (int i = 0; i < N_TENSORS; i++) memset(ref[i].grad, 0, sizes[i] * sizeof(float));
@@ -183,11 +185,13 @@ static int check_stage(Comm *comm, int stage, size_t bucket) {
             snprintf(detail, sizeof detail, "%.17g, expected %.17g", norm, ref_norm);
             fail(&c, "grad norm", t, detail);
         }
-        if (zero_gather_all(&zero, &err) != 0) {  // stage 3: the values to compare
+        if (zero_gather_all(&zero, &err) != 0) {  // stage 3: the values to compare, on rank 0
             fail(&c, "gather all", t, err.message);
             break;
         }
-        for (int i = 0; i < N_TENSORS && !c.bad; i++) {
+        int holds_values = stage != 3 || c.rank == 0;
+        if (stage == 3 && c.rank != 0 && params[0].value) fail(&c, "gather all gave values to a rank but 0", t, NULL);
+        for (int i = 0; i < N_TENSORS && !c.bad && holds_values; i++) {
             double worst = worst_relative(params[i].value, ref[i].value, sizes[i]);
             if (worst > 1e-6) {
                 char detail[128];
@@ -197,10 +201,15 @@ static int check_stage(Comm *comm, int stage, size_t bucket) {
             // from here on the pass compares against the values the ranks hold
             memcpy(ref[i].value, params[i].value, sizes[i] * sizeof(float));
         }
+        for (int i = 0; i < N_TENSORS && stage == 3 && !c.bad; i++)
+            if (comm_broadcast(comm, ref[i].value, sizes[i] * sizeof(float), 0, &err) != 0)
+                fail(&c, "broadcast", t, err.message);
         zero_release_all(&zero);
     }
-    if (!c.bad && zero_gather_state(&zero, &full, &err) != 0) fail(&c, "gather state", STEPS, err.message);
-    for (int i = 0; i < N_TENSORS && !c.bad; i++)
+    // the full state is gathered on rank 0
+    if (!c.bad && zero_gather_state(&zero, c.rank == 0 ? &full : NULL, &err) != 0)
+        fail(&c, "gather state", STEPS, err.message);
+    for (int i = 0; i < N_TENSORS && !c.bad && (stage == 0 || c.rank == 0); i++)
         if (worst_relative(full.exp_avg[i], ref_opt.exp_avg[i], sizes[i]) > 1e-6 ||
             worst_relative(full.exp_avg_sq[i], ref_opt.exp_avg_sq[i], sizes[i]) > 1e-6 || full.step != STEPS)
             fail(&c, "gathered moments differ", STEPS, names[i]);

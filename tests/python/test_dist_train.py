@@ -213,11 +213,13 @@ def memory_line(stderr):
     assert m, stderr
     ranks, stage, moments, values, grads, total = map(int, m.groups())
     assert total == moments + values + grads
-    peak = re.search(r"peak memory per rank \(largest of \d+\): resident \(VmHWM\) (\d+) bytes; ZeRO's transient "
-                     r"buffers \(gathered layers, gradient buckets\) (\d+) bytes", stderr)
+    peak = re.search(r"peak memory per rank: resident \(VmHWM\) ([\d, ]+) bytes; ZeRO's transient "
+                     r"buffers \(gathered layers, gradient buckets\) at most (\d+) bytes", stderr)
     assert peak, stderr
+    vmhwm = [int(v) for v in peak.group(1).split(",")]
+    assert len(vmhwm) == ranks and min(vmhwm) > 0
     return dict(ranks=ranks, stage=stage, moments=moments, values=values, grads=grads, total=total,
-                vmhwm=int(peak.group(1)), transient=int(peak.group(2)))
+                vmhwm=vmhwm, transient=int(peak.group(2)))
 
 
 def test_zero3_full_finetuning_halves_memory_per_rank_and_equals_one_process():
