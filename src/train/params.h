@@ -43,6 +43,9 @@ typedef struct {
 // backward (its own contributions to its tensors' gradients are then
 // complete). A layer the pass does not need (the vision tower for a batch
 // without images) gets no calls. A hook returning -1 (err set) ends the pass.
+// Each layer's forward hooks come once per pass: a forward recomputed inside
+// the backward (activation checkpointing) belongs between before_backward
+// and after_backward, where the layer's parameters are present too.
 typedef struct {
     void *user;
     int (*before_forward)(void *user, int layer, Error *err);
