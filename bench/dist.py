@@ -9,9 +9,13 @@ Both make the same updates on the same samples (tests/python/test_dist_train.py
 checks that); the ratio B / A of training throughput (samples per second of
 the training loop, model loading excluded) says whether two single-threaded
 ranks use two cores better than one two-threaded process. Also prints the
-memory each rank reports for ZeRO stages 0 and 3.
+memory each rank reports (A: one process, ZeRO 0; B: the stage given), and
+the peak resident memory (VmHWM) of the largest rank.
 
-usage: /usr/bin/python3 bench/dist.py [--steps N] [--stage S] [--rounds R] [--keep DIR]
+--full trains every weight of the language model instead of LoRA (125 M
+trainable values, 16 bytes each in one process): what ZeRO-3 halves.
+
+usage: /usr/bin/python3 bench/dist.py [--steps N] [--stage S] [--rounds R] [--full] [--keep DIR]
 """
 import argparse
 import json
@@ -62,8 +66,9 @@ def make_model(folder):
                       {"format": "pt"})
 
 
-def recipe(path, model, data, out, accum, steps, threads, stage):
-    settings = dict(model_name_or_path=model, stage="sft", finetuning_type="lora", lora_rank=8, dataset="mllm_demo",
+def recipe(path, model, data, out, accum, steps, threads, stage, full):
+    settings = dict(model_name_or_path=model, stage="sft", finetuning_type="full" if full else "lora", lora_rank=8,
+                    dataset="mllm_demo",
                     dataset_dir=data, template="yi_vl", cutoff_len=2048, output_dir=out, overwrite_output_dir="true",
                     logging_steps=1, save_steps=10000, per_device_train_batch_size=1,
                     gradient_accumulation_steps=accum, learning_rate="1.0e-4", max_steps=steps, seed=1, val_size=0,
@@ -81,8 +86,8 @@ def run(command, out, steps):
         sys.exit(f"failed: {' '.join(command)}\n{r.stderr}")
     with open(os.path.join(out, "train_results.json")) as f:
         runtime = json.load(f)["train_runtime"]
-    memory = [line for line in r.stderr.splitlines() if line.startswith("memory per rank")]
-    return 2 * steps / runtime, runtime, wall, memory[0] if memory else ""
+    memory = [line for line in r.stderr.splitlines() if line.startswith(("memory per rank", "peak memory per rank"))]
+    return 2 * steps / runtime, runtime, wall, "\n  ".join(memory)
 
 
 def main():
@@ -90,6 +95,7 @@ def main():
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--stage", type=int, default=0)
     parser.add_argument("--rounds", type=int, default=2, help="A, B alternated this many times; the best of each counts")
+    parser.add_argument("--full", action="store_true", help="full fine-tuning of the language model instead of LoRA")
     parser.add_argument("--keep", help="model folder to create or reuse")
     args = parser.parse_args()
     work = tempdir()
@@ -100,15 +106,16 @@ def main():
                    capture_output=True)
     env_note = "OMP_WAIT_POLICY=" + os.environ.get("OMP_WAIT_POLICY", "passive (vlft's default)")
     a_out, b_out = os.path.join(work, "a"), os.path.join(work, "b")
-    recipe(os.path.join(work, "a.yaml"), model, data, a_out, 2, args.steps, 2, 0)
-    recipe(os.path.join(work, "b.yaml"), model, data, b_out, 1, args.steps, 1, args.stage)
+    recipe(os.path.join(work, "a.yaml"), model, data, a_out, 2, args.steps, 2, 0, args.full)
+    recipe(os.path.join(work, "b.yaml"), model, data, b_out, 1, args.steps, 1, args.stage, args.full)
     # alternated, best of each side: on a shared machine the load changes from minute to minute
     a_runs, b_runs = [], []
     for _ in range(args.rounds):
         a_runs.append(run([VLFT, "train", os.path.join(work, "a.yaml")], a_out, args.steps))
         b_runs.append(run(MPIRUN + [VLFT, "train", os.path.join(work, "b.yaml")], b_out, args.steps))
     a, b = max(a_runs), max(b_runs)
-    print(f"mid-size LLaVA, LoRA r8, {args.steps} updates of 2 samples ({env_note}, {os.cpu_count()} cores)")
+    method = "full fine-tuning" if args.full else "LoRA r8"
+    print(f"mid-size LLaVA, {method}, {args.steps} updates of 2 samples ({env_note}, {os.cpu_count()} cores)")
     print(f"A 1 rank x 2 threads, accum 2 : {a[0]:.3f} samples/s (train {a[1]:.1f} s, wall {a[2]:.1f} s)")
     print(f"B 2 ranks x 1 thread, ZeRO {args.stage}: {b[0]:.3f} samples/s (train {b[1]:.1f} s, wall {b[2]:.1f} s)")
     print(f"throughput ratio B/A: {b[0] / a[0]:.2f}")

@@ -130,6 +130,20 @@ int comm_allgather_f32(Comm *comm, const float *shard_values, float *out, size_t
 #endif
 }
 
+int comm_gather_f32(Comm *comm, const float *shard_values, float *out, size_t shard, int root, Error *err) {
+    if (!comm->uses_mpi) {
+        memmove(out, shard_values, shard * sizeof(float));
+        return 0;
+    }
+#ifdef VLFT_MPI
+    if (shard > (size_t)0x7fffffff) return error_set(err, "gather shard of %zu elements is too large", shard);
+    return check(MPI_Gather(shard_values, (int)shard, MPI_FLOAT, out, (int)shard, MPI_FLOAT, root, MPI_COMM_WORLD),
+                 "gather", err);
+#else
+    return 0;
+#endif
+}
+
 int comm_broadcast(Comm *comm, void *data, size_t bytes, int root, Error *err) {
     if (!comm->uses_mpi) return 0;
 #ifdef VLFT_MPI
@@ -138,6 +152,85 @@ int comm_broadcast(Comm *comm, void *data, size_t bytes, int root, Error *err) {
         if (check(MPI_Bcast((char *)data + done, (int)count, MPI_BYTE, root, MPI_COMM_WORLD), "broadcast", err) != 0)
             return -1;
     }
+#endif
+    return 0;
+}
+
+struct CommRequest {
+#ifdef VLFT_MPI
+    MPI_Request mpi;
+#endif
+    int done;
+};
+
+#ifdef VLFT_MPI
+static CommRequest *new_request(Error *err) {
+    CommRequest *r = calloc(1, sizeof *r);
+    if (r == NULL) error_set(err, "out of memory for a communication request");
+    return r;
+}
+#endif
+
+int comm_iallreduce_sum_f32(Comm *comm, float *values, size_t n, CommRequest **request, Error *err) {
+    *request = NULL;
+    if (!comm->uses_mpi) return 0;
+#ifdef VLFT_MPI
+    if (n > (size_t)0x7fffffff) return error_set(err, "all-reduce of %zu elements is too large for one request", n);
+    CommRequest *r = new_request(err);
+    if (r == NULL) return -1;
+    if (check(MPI_Iallreduce(MPI_IN_PLACE, values, (int)n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, &r->mpi), "all-reduce",
+              err) != 0) {
+        free(r);
+        return -1;
+    }
+    *request = r;
+#endif
+    return 0;
+}
+
+int comm_ireduce_scatter_sum_f32(Comm *comm, const float *values, float *out, size_t shard, CommRequest **request,
+                                 Error *err) {
+    *request = NULL;
+    if (!comm->uses_mpi) {
+        memmove(out, values, shard * sizeof(float));
+        return 0;
+    }
+#ifdef VLFT_MPI
+    if (shard > (size_t)0x7fffffff) return error_set(err, "reduce-scatter shard of %zu elements is too large", shard);
+    CommRequest *r = new_request(err);
+    if (r == NULL) return -1;
+    if (check(MPI_Ireduce_scatter_block(values, out, (int)shard, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, &r->mpi),
+              "reduce-scatter", err) != 0) {
+        free(r);
+        return -1;
+    }
+    *request = r;
+#endif
+    return 0;
+}
+
+int comm_wait(Comm *comm, CommRequest *request, Error *err) {
+    (void)comm;
+    if (request == NULL) return 0;
+    int rc = 0;
+#ifdef VLFT_MPI
+    if (!request->done) rc = check(MPI_Wait(&request->mpi, MPI_STATUS_IGNORE), "waiting for a reduction", err);
+#endif
+    free(request);
+    return rc;
+}
+
+int comm_test(Comm *comm, CommRequest *request, int *done, Error *err) {
+    (void)comm;
+    *done = 1;
+    if (request == NULL || request->done) return 0;
+#ifdef VLFT_MPI
+    int flag = 0;
+    if (check(MPI_Test(&request->mpi, &flag, MPI_STATUS_IGNORE), "testing a reduction", err) != 0) return -1;
+    request->done = flag;
+    *done = flag;
+#else
+    (void)err;
 #endif
     return 0;
 }

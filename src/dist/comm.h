@@ -29,7 +29,25 @@ int comm_allreduce_sum_f64(Comm *comm, double *values, size_t n, Error *err);
 int comm_reduce_scatter_sum_f32(Comm *comm, const float *values, float *out, size_t shard, Error *err);
 // Each rank contributes shard elements; everyone receives all size*shard.
 int comm_allgather_f32(Comm *comm, const float *shard_values, float *out, size_t shard, Error *err);
+// The same, received by root only (out is ignored elsewhere and may be NULL).
+int comm_gather_f32(Comm *comm, const float *shard_values, float *out, size_t shard, int root, Error *err);
 int comm_broadcast(Comm *comm, void *data, size_t bytes, int root, Error *err);
+
+// Non-blocking forms (gradient reductions overlapped with the backward
+// pass): they start the collective and return; the buffers must stay
+// untouched until comm_wait says it is done. With one process they complete
+// at once and *request is NULL (comm_wait / comm_test accept that). Counts
+// must fit an int (a bucket of gradients does).
+typedef struct CommRequest CommRequest;
+int comm_iallreduce_sum_f32(Comm *comm, float *values, size_t n, CommRequest **request, Error *err);
+int comm_ireduce_scatter_sum_f32(Comm *comm, const float *values, float *out, size_t shard, CommRequest **request,
+                                 Error *err);
+// Blocks until the request is done, then frees it.
+int comm_wait(Comm *comm, CommRequest *request, Error *err);
+// Lets a pending request progress (OpenMPI advances non-blocking
+// collectives only inside MPI calls); *done = 1 once it has finished (it
+// still needs its comm_wait).
+int comm_test(Comm *comm, CommRequest *request, int *done, Error *err);
 int comm_barrier(Comm *comm, Error *err);
 // Ends every rank with exit code `code` after printing message on this one.
 void comm_abort(Comm *comm, int code, const char *message);

@@ -131,4 +131,33 @@ int llava_load_adapter(LlavaModel *model, const char *adapter_dir, Error *err);
 // The generator LoRA dropout masks are drawn from (checkpoints save its state).
 Rng *llava_dropout_rng(LlavaModel *model);
 
+// ---- Layers: what ZeRO-3 gathers parameters by and gradient reductions
+// overlap the backward with (src/train/params.h, src/dist/zero.h).
+// Layers in forward order, with V vision layers run and T text layers:
+//   0                   vision embeddings (patch, class, position, pre-LayerNorm)
+//   1 .. V              vision layers
+//   V + 1               projector
+//   V + 2               token embeddings
+//   V + 3 .. V + 2 + T  text layers
+//   V + 3 + T           head: final norm and lm_head (the token embeddings
+//                       again when tied)
+// Each lists the trainable tensors (llava_params indices) it reads.
+typedef enum {
+    LLAVA_VISION_EMBED,
+    LLAVA_VISION_LAYER,
+    LLAVA_PROJECTOR,
+    LLAVA_TEXT_EMBED,
+    LLAVA_TEXT_LAYER,
+    LLAVA_HEAD,
+} LlavaLayerGroup;
+int llava_layer_number(const LlavaModel *model, LlavaLayerGroup group, int index);
+const LayerTable *llava_layer_table(const LlavaModel *model);
+// Installs the hooks every pass calls around each layer (NULL removes them).
+void llava_set_layer_hooks(LlavaModel *model, const LayerHooks *hooks);
+// Lets the caller release and re-create the trainable tensors' fp32 values
+// and gradients (llava_params' value / grad become NULL while released).
+// Everything that reads them (a pass outside the hooks, saving, eval) needs
+// them resident.
+ParamStorage llava_param_storage(LlavaModel *model);
+
 #endif

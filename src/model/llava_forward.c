@@ -185,17 +185,21 @@ static int vision_forward(Pass *p, VisionState *s, const float *pixels, int n) {
     s->mean0 = buf(p, (size_t)n * T), s->rstd0 = buf(p, (size_t)n * T);
     s->x0 = buf(p, (size_t)n * T * C);
     if (m->tape.failed) return -1;
+    if (llava_hook(m, LLAVA_BEFORE_FORWARD, LLAVA_VISION_EMBED, 0) != 0) return -1;
     patches_from_pixels(s->patches, pixels, n, vc->num_channels, S, ps);
     linear_forward(s->patch_embeds, s->patches, m->patch_embedding->data, NULL, n * P, K, C);
     vision_embed_forward(s->embeds, s->patch_embeds, m->class_embedding->data, m->position_embedding->data, n, P, C);
     layernorm_forward(s->x0, s->mean0, s->rstd0, s->embeds, m->pre_ln_w->data, m->pre_ln_b->data, n * T, C,
                       (float)vc->layer_norm_eps);
+    if (llava_hook(m, LLAVA_AFTER_FORWARD, LLAVA_VISION_EMBED, 0) != 0) return -1;
     float *x = s->x0;
     if (!p->keep) end_layer(p, x);
     for (int i = 0; i < m->vision_layers_run; i++) {
+        if (llava_hook(m, LLAVA_BEFORE_FORWARD, LLAVA_VISION_LAYER, i) != 0) return -1;
         if (s->layer_rng) {
             if (vision_layer_forward_checkpointed(m, s, i, x, n, T) != 0) return -1;
         } else if (vision_layer_forward(p, &m->vision_layers[i], &s->layers[i], x, n, T) != 0) return -1;
+        if (llava_hook(m, LLAVA_AFTER_FORWARD, LLAVA_VISION_LAYER, i) != 0) return -1;
         float *next = s->layers[i].x_out;
         if (!p->keep) {
             end_layer(p, next);
@@ -229,14 +233,17 @@ static void vision_backward(LlavaModel *m, VisionState *s, const float *dfeature
     for (int i = m->vision_layers_run - 1; i >= 0; i--) {
         int need_dx = i > 0 || embeds_trainable;
         int mark = tape_mark(t);
+        llava_hook(m, LLAVA_BEFORE_BACKWARD, LLAVA_VISION_LAYER, i);  // (a failure sets t->failed)
         if (s->layer_rng && vision_layer_recompute(m, s, i, n, T) != 0) goto done;
         vision_layer_backward(m, &m->vision_layers[i], &s->layers[i], need_dx ? dprev : NULL, dx, n, T);
+        llava_hook(m, LLAVA_AFTER_BACKWARD, LLAVA_VISION_LAYER, i);
         tape_release_to(t, mark);
         float *swap = dx;
         dx = dprev;
         dprev = swap;
     }
-    if (embeds_trainable) {
+    llava_hook(m, LLAVA_BEFORE_BACKWARD, LLAVA_VISION_EMBED, 0);
+    if (embeds_trainable && !t->failed) {
         float *dembeds = dprev;  // free buffer
         layernorm_backward(dembeds, m->pre_ln_w->grad, m->pre_ln_b->grad, dx, s->embeds, s->mean0, s->rstd0,
                            m->pre_ln_w->data, n * T, C);
@@ -249,6 +256,7 @@ static void vision_backward(LlavaModel *m, VisionState *s, const float *dfeature
             tape_release_scratch(t, dpatch, (size_t)n * P * C);
         }
     }
+    llava_hook(m, LLAVA_AFTER_BACKWARD, LLAVA_VISION_EMBED, 0);
 done:
     tape_release_scratch(t, dx, nx);
     tape_release_scratch(t, dprev, nx);
@@ -462,6 +470,7 @@ static int run(LlavaModel *m, const LlavaBatch *b, RunMode mode, float grad_scal
     tape_clear(t);
     t->peak = 0;
     t->failed = 0;
+    m->hook_failed = 0;
     int rc = -1;
     // Step bookkeeping lives in the arena too (gone at tape_clear): a step allocates nothing.
     int32_t *image_index = tape_step_bytes(t, sizeof(int32_t) * (size_t)(image_rows + 1));
@@ -501,7 +510,9 @@ static int run(LlavaModel *m, const LlavaBatch *b, RunMode mode, float grad_scal
         }
         if (vision_forward(&vp, &vs, b->pixel_values, b->n_images) != 0) goto oom;
         Pass pp = {.m = m, .keep = projector_keep, .vision = 0, .training = train};
+        if (llava_hook(m, LLAVA_BEFORE_FORWARD, LLAVA_PROJECTOR, 0) != 0) goto oom;
         if (projector_forward(&pp, &pa, vs.features, image_rows) != 0) goto oom;
+        if (llava_hook(m, LLAVA_AFTER_FORWARD, LLAVA_PROJECTOR, 0) != 0) goto oom;
         features = pa.out;
         features_n = (size_t)image_rows * C;
         features_scratch = !projector_keep;
@@ -517,7 +528,9 @@ static int run(LlavaModel *m, const LlavaBatch *b, RunMode mode, float grad_scal
     x = buf(&lp, (size_t)N * C);
     if (!x) goto oom;
     if (!train) lp.scratch.count = 0;  // x is freed by hand below
+    if (llava_hook(m, LLAVA_BEFORE_FORWARD, LLAVA_TEXT_EMBED, 0) != 0) goto oom;
     embedding_forward(x, m->embed_tokens->data, b->input_ids, is_image, N, C);
+    if (llava_hook(m, LLAVA_AFTER_FORWARD, LLAVA_TEXT_EMBED, 0) != 0) goto oom;
     if (image_rows) rows_scatter(x, image_index, features, image_rows, C);
     if (features_scratch) {
         tape_release_scratch(t, features, features_n);
@@ -525,11 +538,13 @@ static int run(LlavaModel *m, const LlavaBatch *b, RunMode mode, float grad_scal
     }
     float *h = x;
     for (int i = 0; i < tc->num_hidden_layers; i++) {
+        if (llava_hook(m, LLAVA_BEFORE_FORWARD, LLAVA_TEXT_LAYER, i) != 0) goto oom;
         if (checkpoint) {
             if (text_layer_forward_checkpointed(m, &m->text_layers[i], &ta[i], &text_rng[i], h, b->attention_mask, B,
                                                 L) != 0)
                 goto oom;
         } else if (text_layer_forward(&lp, &m->text_layers[i], &ta[i], h, b->attention_mask, B, L) != 0) goto oom;
+        if (llava_hook(m, LLAVA_AFTER_FORWARD, LLAVA_TEXT_LAYER, i) != 0) goto oom;
         float *next = ta[i].x_out;
         if (!train) {
             end_layer(&lp, next);
@@ -539,6 +554,7 @@ static int run(LlavaModel *m, const LlavaBatch *b, RunMode mode, float grad_scal
     }
     xf = buf(&lp, (size_t)N * C), rstdf = buf(&lp, N);
     if (!xf || !rstdf) goto oom;
+    if (llava_hook(m, LLAVA_BEFORE_FORWARD, LLAVA_HEAD, 0) != 0) goto oom;
     rmsnorm_forward(xf, rstdf, h, m->final_norm->data, N, C, (float)tc->rms_norm_eps);
     int count = 0;
     for (int i = 0; i < N; i++) count += targets[i] != KERNEL_IGNORE_INDEX;
@@ -567,6 +583,7 @@ static int run(LlavaModel *m, const LlavaBatch *b, RunMode mode, float grad_scal
     LinearCache head_cache = {0};
     lin(&lp, &m->lm_head, logits, head_in, rows, &head_cache);
     if (t->failed) goto oom;
+    if (llava_hook(m, LLAVA_AFTER_FORWARD, LLAVA_HEAD, 0) != 0) goto oom;
     double total = cross_entropy_forward(lse, logits, row_targets, rows, V);
     double loss = count ? total / count : 0.0;
     if (loss_out) *loss_out = loss;
@@ -589,6 +606,7 @@ static int run(LlavaModel *m, const LlavaBatch *b, RunMode mode, float grad_scal
     float *dhead = row_index ? tape_scratch(t, (size_t)rows * C) : dprev;
     if (!dh || !dprev || !dhead) goto oom;
     float *dxf = dprev;
+    if (llava_hook(m, LLAVA_BEFORE_BACKWARD, LLAVA_HEAD, 0) != 0) goto oom;
     linear_module_backward(&m->lm_head, dhead, 0, logits, head_in, rows, &head_cache, t);
     tape_release_scratch(t, logits, (size_t)rows * V);
     logits = NULL;
@@ -598,13 +616,16 @@ static int run(LlavaModel *m, const LlavaBatch *b, RunMode mode, float grad_scal
         tape_release_scratch(t, dhead, (size_t)rows * C);
     }
     rmsnorm_backward(dh, m->final_norm->grad, dxf, h, rstdf, m->final_norm->data, N, C);
+    if (llava_hook(m, LLAVA_AFTER_BACKWARD, LLAVA_HEAD, 0) != 0) goto oom;
     int need_input_grad = m->embed_trainable || (image_rows && projector_keep);
     for (int i = tc->num_hidden_layers - 1; i >= 0; i--) {
         int need = i > 0 || need_input_grad;
         int mark = tape_mark(t);
+        if (llava_hook(m, LLAVA_BEFORE_BACKWARD, LLAVA_TEXT_LAYER, i) != 0) goto oom;
         if (checkpoint && text_layer_recompute(m, &m->text_layers[i], &ta[i], &text_rng[i], b->attention_mask, B, L) != 0)
             goto oom;
         text_layer_backward(m, &m->text_layers[i], &ta[i], need ? dprev : NULL, dh, b->attention_mask, B, L);
+        if (llava_hook(m, LLAVA_AFTER_BACKWARD, LLAVA_TEXT_LAYER, i) != 0) goto oom;
         tape_release_to(t, mark);
         float *swap = dh;
         dh = dprev;
@@ -612,7 +633,9 @@ static int run(LlavaModel *m, const LlavaBatch *b, RunMode mode, float grad_scal
     }
     if (t->failed) goto oom;
     // dh: gradient of the merged embeddings.
+    if (llava_hook(m, LLAVA_BEFORE_BACKWARD, LLAVA_TEXT_EMBED, 0) != 0) goto oom;
     if (m->embed_tokens->grad) embedding_backward(m->embed_tokens->grad, dh, b->input_ids, is_image, N, C);
+    if (llava_hook(m, LLAVA_AFTER_BACKWARD, LLAVA_TEXT_EMBED, 0) != 0) goto oom;
     if (image_rows && projector_keep) {
         float *dfeat = tape_scratch(t, (size_t)image_rows * C);
         if (!dfeat) goto oom;
@@ -620,7 +643,9 @@ static int run(LlavaModel *m, const LlavaBatch *b, RunMode mode, float grad_scal
         float *dvis = NULL;
         size_t nvis = (size_t)image_rows * c->vision.hidden_size;
         if (m->vision_trainable) dvis = tape_scratch(t, nvis);
+        if (llava_hook(m, LLAVA_BEFORE_BACKWARD, LLAVA_PROJECTOR, 0) != 0) goto oom;
         projector_backward(m, &pa, dvis, dfeat, image_rows);
+        if (llava_hook(m, LLAVA_AFTER_BACKWARD, LLAVA_PROJECTOR, 0) != 0) goto oom;
         tape_release_scratch(t, dfeat, (size_t)image_rows * C);
         if (m->vision_trainable && dvis) vision_backward(m, &vs, dvis, b->n_images);
         tape_release_scratch(t, dvis, dvis ? nvis : 0);
@@ -632,7 +657,8 @@ static int run(LlavaModel *m, const LlavaBatch *b, RunMode mode, float grad_scal
     goto done;
 oom:
     if (!t->failed) t->failed = 1;
-    error_set(err, "out of memory running the model (B=%d, L=%d)", B, L);
+    if (m->hook_failed) error_set(err, "%s", m->hook_error.message);
+    else error_set(err, "out of memory running the model (B=%d, L=%d)", B, L);
 done:
     // A frozen tower's output under a trained projector was scratch held until now.
     if (vision_features_scratch && vs.features) tape_release_scratch(t, vs.features, vision_features_n);
@@ -673,6 +699,7 @@ int llava_embed_inputs(LlavaModel *m, const int32_t *ids, int L, int n_images, c
     tape_clear(t);
     t->failed = 0;
     t->live_scratch = 0;
+    m->hook_failed = 0;
     int32_t *image_index = malloc(sizeof(int32_t) * (size_t)(image_rows + 1));
     uint8_t *is_image = calloc((size_t)L, 1);
     VisionState vs = {0};

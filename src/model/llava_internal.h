@@ -92,6 +92,16 @@ typedef struct {
     Weight *norm1, *norm2;
 } TextLayer;
 
+// Where trainable tensor i (llava_params) lives: a Weight's master and
+// gradient, or a LoRA adapter's A / B and dA / dB (llava_layers.c).
+typedef struct {
+    Weight *weight;
+    LoraAdapter *lora;
+    int is_b;
+} ParamOwner;
+
+typedef enum { LLAVA_BEFORE_FORWARD, LLAVA_AFTER_FORWARD, LLAVA_BEFORE_BACKWARD, LLAVA_AFTER_BACKWARD } LlavaHookPoint;
+
 struct LlavaModel {
     ModelConfig config;
     LlavaOptions options;
@@ -123,6 +133,12 @@ struct LlavaModel {
     Rng dropout_rng;
     Tape tape;
     LlavaMemoryStats stats;
+    // llava_layers.c: the layers' tensors, where each tensor lives, the hooks
+    LayerTable layer_table;
+    ParamOwner *param_owners;
+    LayerHooks hooks;
+    int has_hooks, hook_failed;
+    Error hook_error;  // what the failing hook said
 };
 
 // trainable.c: marks weights trainable and creates the LoRA adapters.
@@ -132,6 +148,14 @@ void linear_module_forward(const Linear *l, float *y, const float *x, int N, Lin
                            int vision, Rng *rng, int training);
 void linear_module_backward(const Linear *l, float *dx, int accumulate_dx, const float *dy, const float *x, int N,
                             const LinearCache *cache, Tape *tape);
+// llava_layers.c: builds the layer table and the owners (at load, after
+// the params); frees them.
+int llava_layers_build(LlavaModel *m, Error *err);
+void llava_layers_free(LlavaModel *m);
+// Calls the installed hook for (group, index) at this point of a pass. On
+// failure: -1, the message in m->hook_error, m->tape.failed set so the pass
+// stops; once failed, later calls do nothing and return -1.
+int llava_hook(LlavaModel *m, LlavaHookPoint point, LlavaLayerGroup group, int index);
 // llava_forward.c: input rows of one sequence [L, C], image features merged
 // at the image tokens exactly as the training forward merges them.
 int llava_embed_inputs(LlavaModel *m, const int32_t *ids, int L, int n_images, const float *pixel_values, float *x,

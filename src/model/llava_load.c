@@ -244,7 +244,7 @@ int llava_load(const char *model_dir, const LlavaOptions *options, LlavaModel **
     if (llava_select_trainable(m, err) != 0) goto fail;
     for (int i = 0; i < m->n_weights; i++)
         if (materialize(m, &m->weights[i], err) != 0) goto fail;
-    if (wire(m, err) != 0 || build_params(m, err) != 0) goto fail;
+    if (wire(m, err) != 0 || build_params(m, err) != 0 || llava_layers_build(m, err) != 0) goto fail;
     rng_seed(&m->dropout_rng, options->seed ^ 0x9e3779b97f4a7c15ull);
     *out = m;
     return 0;
@@ -273,6 +273,7 @@ void llava_free(LlavaModel *m) {
     free(m->params);
     free(m->vision_layers);
     free(m->text_layers);
+    llava_layers_free(m);
     layout_free(&m->layout);
     safetensors_close(&m->weights_file);
     free(m);
@@ -286,7 +287,8 @@ const ParamRef *llava_params(const LlavaModel *m, int *count) {
 }
 
 void llava_zero_grad(LlavaModel *m) {
-    for (int i = 0; i < m->n_params; i++) kernel_zero(m->params[i].grad, m->params[i].numel);
+    for (int i = 0; i < m->n_params; i++)  // (a gradient released by ZeRO-3 is NULL)
+        if (m->params[i].grad) kernel_zero(m->params[i].grad, m->params[i].numel);
 }
 
 void llava_memory_stats(const LlavaModel *m, LlavaMemoryStats *stats) { *stats = m->stats; }

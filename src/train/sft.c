@@ -242,6 +242,10 @@ static int eval_loss(void *ctx, const int *ids, int n, double *loss, Error *err)
 
 static void zero_grad(void *ctx) { llava_zero_grad(((SftSession *)ctx)->model); }
 
+static void set_layer_hooks(void *ctx, const LayerHooks *hooks) {
+    llava_set_layer_hooks(((SftSession *)ctx)->model, hooks);
+}
+
 static int save_weights(void *ctx, const char *dir, Error *err) {
     SftSession *s = ctx;
     if (s->is_lora) return llava_save_adapter(s->model, dir, s->recipe->model_name_or_path, err);
@@ -262,5 +266,8 @@ TrainModel sft_train_model(SftSession *s) {
         .save_weights = save_weights,
         .load_weights = NULL,
         .plan_epoch = plan_epoch,
+        .layers = llava_layer_table(s->model),
+        .set_layer_hooks = set_layer_hooks,
+        .storage = llava_param_storage(s->model),
     };
 }

@@ -161,24 +161,35 @@ static int evaluate(Trainer *t, Error *err) {
     return 0;
 }
 
+// Evaluation runs on rank 0; under ZeRO-3 every rank first gathers the
+// full parameters for it. Collective.
+static int evaluate_on_rank_0(Trainer *t, Error *err) {
+    if (zero_gather_all(&t->zero, err) != 0) return -1;
+    int rc = t->rank == 0 ? evaluate(t, err) : 0;
+    zero_release_all(&t->zero);
+    return rc;
+}
+
 // ---------------------------------------------------------------- the loop
 
 // Saves t->boundary as checkpoint-N. Every rank calls it: for ZeRO stages
-// >= 1 the optimizer shards are first gathered into one full state (the
-// checkpoint is then the same whatever the number of ranks), and rank 0
-// alone writes. A failure on rank 0 comes back as -1 there; cmd_train then
+// >= 1 the optimizer shards (stage 3: and the values) are first gathered
+// into one full state on rank 0 (the checkpoint is then the same whatever
+// the number of ranks), and rank 0 alone writes. A failure on rank 0 comes back as -1 there; cmd_train then
 // ends every rank.
 static int save_checkpoint_all_ranks(Trainer *t, int training_stopped, Error *err) {
     const TrainerOptions *o = t->opt;
-    int rc = 0;
-    if (t->zero.stage >= 1) {
-        if (adamw_init(&t->adamw, t->model->params, t->model->n_params, o->adam_beta1, o->adam_beta2, o->adam_epsilon,
-                       o->weight_decay, err) != 0)
-            return -1;
-        rc = zero_gather_state(&t->zero, &t->adamw, t->model->params, t->model->n_params, err);
+    int rc = zero_gather_all(&t->zero, err);  // ZeRO-3: the full values, for the weights
+    if (rc == 0 && t->zero.stage >= 1) {
+        if (t->rank == 0 && adamw_init(&t->adamw, t->model->params, t->model->n_params, o->adam_beta1, o->adam_beta2,
+                                       o->adam_epsilon, o->weight_decay, err) != 0)
+            rc = -1;
+        else
+            rc = zero_gather_state(&t->zero, t->rank == 0 ? &t->adamw : NULL, err);
     }
     if (rc == 0 && t->rank == 0) rc = checkpoint_save(t, training_stopped, err);
     if (t->zero.stage >= 1) adamw_free(&t->adamw);
+    zero_release_all(&t->zero);
     t->last_saved_step = t->boundary.global_step;
     return rc;
 }
@@ -189,7 +200,7 @@ static int one_update(Trainer *t, double update_loss, Error *err, int *stop) {
     Position *now = &t->now;
     double grad_norm = 0;
     double lr = o->learning_rate * schedule_lambda(t->plan.kind, now->global_step, t->plan.warmup_steps, t->plan.max_steps);
-    if (zero_step(&t->zero, &t->adamw, m->params, m->n_params, o->max_grad_norm, lr, &grad_norm, err) != 0) return -1;
+    if (zero_step(&t->zero, &t->adamw, o->max_grad_norm, lr, &grad_norm, err) != 0) return -1;
     m->zero_grad(m->ctx);
     now->global_step++;
     // transformers logs the scheduler's learning rate after its step: the next update's
@@ -212,14 +223,24 @@ static int one_update(Trainer *t, double update_loss, Error *err, int *stop) {
         if (train_log_push(t, &e, err) != 0 || (t->rank == 0 && train_log_line(t, &e, err) != 0)) return -1;
     }
     int eval_every = o->eval_steps > 0 ? o->eval_steps : o->logging_steps;
-    if (t->rank == 0 && o->eval_strategy == EVAL_STEPS && t->n_eval > 0 && m->eval_loss &&
-        now->global_step % eval_every == 0) {
-        if (evaluate(t, err) != 0 || train_log_line(t, &t->log[t->n_log - 1], err) != 0) return -1;
+    if (o->eval_strategy == EVAL_STEPS && t->n_eval > 0 && m->eval_loss && now->global_step % eval_every == 0) {
+        if (evaluate_on_rank_0(t, err) != 0 || (t->rank == 0 && train_log_line(t, &t->log[t->n_log - 1], err) != 0))
+            return -1;
     }
     t->boundary = *now;
     progress_update(t, update_loss, next_lr, *stop);
     if (now->global_step % o->save_steps == 0 || *stop) return save_checkpoint_all_ranks(t, *stop, err);
     return 0;
+}
+
+// Whether micro-batch b is this rank's last before the update that ends
+// its accumulation (ZeRO stages 0-2 reduce the gradients in that one): the
+// update after micro-batch e, unless this epoch never reaches e (a tail the
+// next epoch's first update takes over, see schedule.h).
+static int last_before_update(const Trainer *t, int b, int batches_run) {
+    int e = (b / t->plan.grad_accum + 1) * t->plan.grad_accum - 1;
+    if (e > t->plan.batches_per_epoch - 1) e = t->plan.batches_per_epoch - 1;
+    return e < batches_run && b + t->world > e;
 }
 
 // Hands the model the micro-batches [first, batches_run) of this epoch's order.
@@ -260,6 +281,7 @@ static int train_loop(Trainer *t, int *interrupted, Error *err) {
         t->now.epoch = epoch;
         if (m->plan_epoch && plan_epoch(t, first, batches_run, err) != 0) return -1;
         for (int b = first; b < batches_run && !stop; b++) {
+            t->rounds_of[b % t->world]++;
             if (b % t->world == t->rank) {  // this rank's micro-batch (all of them with one rank)
                 int begin = b * plan->batch_size;
                 int n = t->n_train - begin < plan->batch_size ? t->n_train - begin : plan->batch_size;
@@ -267,7 +289,9 @@ static int train_loop(Trainer *t, int *interrupted, Error *err) {
                 double loss;
                 // plan->grad_accum counts the micro-batches of all ranks, so
                 // the sum over ranks of these gradients is DDP's mean
-                if (m->forward_backward(m->ctx, t->batch_ids, n, 1.0f / (float)plan->grad_accum, &loss, err) != 0)
+                if (zero_round_begin(&t->zero, last_before_update(t, b, batches_run), err) != 0 ||
+                    m->forward_backward(m->ctx, t->batch_ids, n, 1.0f / (float)plan->grad_accum, &loss, err) != 0 ||
+                    zero_round_end(&t->zero, err) != 0)
                     return -1;
                 double step_loss = loss / plan->grad_accum;
                 if (isnan(step_loss) || isinf(step_loss))  // transformers' logging_nan_inf_filter
@@ -277,6 +301,14 @@ static int train_loop(Trainer *t, int *interrupted, Error *err) {
                 update_loss += step_loss;
             }
             int sync = (b + 1) % plan->grad_accum == 0 || b + 1 == plan->batches_per_epoch;
+            if (sync) {
+                // a rank that ran fewer micro-batches of this update takes its
+                // part in the others' collectives with empty ones
+                int most = 0;
+                for (int r = 0; r < t->world; r++) most = t->rounds_of[r] > most ? t->rounds_of[r] : most;
+                if (zero_catch_up(&t->zero, most, err) != 0) return -1;
+                memset(t->rounds_of, 0, sizeof(int) * (size_t)t->world);
+            }
             int stop_now = interrupt_requested;
             if (sync && t->world > 1) {
                 // the update's loss is the sum of every rank's part; Ctrl-C
@@ -307,18 +339,21 @@ static int train_loop(Trainer *t, int *interrupted, Error *err) {
                 return 0;
             }
         }
-        if (!stop && t->rank == 0 && o->eval_strategy == EVAL_EPOCH && t->n_eval > 0 && m->eval_loss) {
+        if (!stop && o->eval_strategy == EVAL_EPOCH && t->n_eval > 0 && m->eval_loss) {
             // (the position stays at the last update: micro-batches run after it
             // may still be waiting for the next epoch's first update)
-            if (evaluate(t, err) != 0 || train_log_line(t, &t->log[t->n_log - 1], err) != 0) return -1;
+            if (evaluate_on_rank_0(t, err) != 0 || (t->rank == 0 && train_log_line(t, &t->log[t->n_log - 1], err) != 0))
+                return -1;
         }
     }
     return 0;
 }
 
 static void trainer_free(Trainer *t) {
+    if (t->model->set_layer_hooks) t->model->set_layer_hooks(t->model->ctx, NULL);
     adamw_free(&t->adamw);
     zero_free(&t->zero);
+    free(t->rounds_of);
     free(t->log);
     for (int i = 0; i < t->n_jsonl; i++) free(t->jsonl[i]);
     free(t->jsonl);
@@ -368,6 +403,44 @@ static int finish(Trainer *t, double train_start, Error *err) {
     return 0;
 }
 
+// This process's peak resident memory (VmHWM) in bytes; 0 where /proc does not say.
+static double peak_resident_bytes(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    if (f == NULL) return 0;
+    char line[256];
+    double kb = 0;
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, "VmHWM:", 6) == 0) kb = atof(line + 6);
+    fclose(f);
+    return kb * 1024;
+}
+
+// After the run: each rank's peak resident memory and the largest peak of
+// ZeRO's transient buffers (gathered layers, buckets), on rank 0's
+// progress. (Rank 0's resident peak includes assembling checkpoints and
+// the final weights.) Collective.
+static int report_peak_memory(Trainer *t, Error *err) {
+    double *peaks = calloc(2 * (size_t)t->world, sizeof(double));
+    if (peaks == NULL) return error_set(err, "out of memory");
+    ZeroMemory mem;
+    zero_memory(&t->zero, &mem);
+    peaks[2 * t->rank] = peak_resident_bytes();
+    peaks[2 * t->rank + 1] = (double)mem.transient_peak;
+    int rc = t->world > 1 ? comm_allreduce_sum_f64(t->comm, peaks, 2 * (size_t)t->world, err) : 0;
+    if (rc == 0 && t->opt->progress && t->rank == 0) {
+        double transient = 0;
+        fprintf(stderr, "peak memory per rank: resident (VmHWM)");
+        for (int r = 0; r < t->world; r++) {
+            fprintf(stderr, "%s%.0f", r ? ", " : " ", peaks[2 * r]);
+            transient = peaks[2 * r + 1] > transient ? peaks[2 * r + 1] : transient;
+        }
+        fprintf(stderr, " bytes; ZeRO's transient buffers (gathered layers, gradient buckets) at most %.0f bytes\n",
+                transient);
+    }
+    free(peaks);
+    return rc;
+}
+
 int trainer_run(const TrainerOptions *opt, TrainModel *model, const int *train_ids, int n_train, const int *eval_ids,
                 int n_eval, Error *err) {
     char resume_dir[4096];
@@ -397,7 +470,8 @@ int trainer_run(const TrainerOptions *opt, TrainModel *model, const int *train_i
         if (train_ids[i] < 0) return error_set(err, "%s: negative sample id %d", opt->output_dir, train_ids[i]);
     t.order = malloc((size_t)n_train * sizeof *t.order);
     t.batch_ids = malloc((size_t)opt->batch_size * sizeof *t.batch_ids);
-    if (!t.order || !t.batch_ids ||
+    t.rounds_of = calloc((size_t)t.world, sizeof *t.rounds_of);
+    if (!t.order || !t.batch_ids || !t.rounds_of ||
         adamw_init(&t.adamw, model->params, model->n_params, opt->adam_beta1, opt->adam_beta2, opt->adam_epsilon,
                    opt->weight_decay, err) != 0) {
         trainer_free(&t);
@@ -410,7 +484,6 @@ int trainer_run(const TrainerOptions *opt, TrainModel *model, const int *train_i
             rc = checkpoint_clear_previous_run(opt->output_dir, err);
         if (rc == 0) checkpoint_remove_stale_temps(opt->output_dir);
     }
-    model->zero_grad(model->ctx);
     if (rc == 0 && resume_dir[0] != '\0') {
         rc = checkpoint_load(&t, resume_dir, err);
         if (rc != 0) error_prefix(err, "resuming");
@@ -424,21 +497,31 @@ int trainer_run(const TrainerOptions *opt, TrainModel *model, const int *train_i
         for (int i = 0; i < model->n_params && rc == 0; i++)
             rc = comm_broadcast(t.comm, model->params[i].value, model->params[i].numel * sizeof(float), 0, err);
     }
-    if (rc == 0) rc = zero_init(&t.zero, t.comm, opt->zero_stage, model->params, model->n_params, &t.adamw, err);
+    if (rc == 0)
+        rc = zero_init(&t.zero, t.comm, opt->zero_stage, model->params, model->n_params, &t.adamw, model->layers,
+                       model->storage.alloc ? &model->storage : NULL, err);
     // stages >= 1: the full moments were only needed to hand this rank its shard
     if (rc == 0 && t.zero.stage >= 1) adamw_free(&t.adamw);
+    // (after zero_init: ZeRO-3 has released the model's gradients, whose pages stay untouched)
+    model->zero_grad(model->ctx);
     if (rc != 0) {
         trainer_free(&t);
         return -1;
     }
+    if (model->set_layer_hooks) {  // ZeRO works around every layer from now on
+        LayerHooks hooks = zero_hooks(&t.zero);
+        model->set_layer_hooks(model->ctx, &hooks);
+    }
     if (opt->progress && t.rank == 0) {
         // what data parallelism divides and what it does not (docs/distributed.md)
-        size_t values_bytes = t.zero.total * sizeof(float);
-        size_t moments_bytes = zero_state_bytes(&t.zero);
+        ZeroMemory mem;
+        zero_memory(&t.zero, &mem);
         fprintf(stderr, "memory per rank (%d rank%s, ZeRO stage %d): optimizer moments %zu bytes, fp32 trainable values "
-                        "%zu + grads %zu bytes (full copies on every rank), total %zu bytes\n",
-                t.world, t.world == 1 ? "" : "s", t.zero.stage, moments_bytes, values_bytes, values_bytes,
-                moments_bytes + 2 * values_bytes);
+                        "%zu bytes, grads %zu bytes, total %zu bytes (%s)\n",
+                t.world, t.world == 1 ? "" : "s", t.zero.stage, mem.moments, mem.values, mem.grads,
+                mem.moments + mem.values + mem.grads,
+                t.zero.stage == 3 ? "this rank's parts; a layer's full values and grads only while it runs"
+                                  : "full values and grads on every rank");
     }
     if (opt->progress && t.rank == 0)
         fprintf(stderr, "training: %d samples, %d micro-batches of %d per epoch, accumulation %d%s, %d steps (%d warmup), %d epoch%s\n",
@@ -468,7 +551,9 @@ int trainer_run(const TrainerOptions *opt, TrainModel *model, const int *train_i
             rc = TRAIN_INTERRUPTED;
         }
     } else if (rc == 0) {
-        rc = finish(&t, t.start_time, err);
+        rc = zero_gather_all(&t.zero, err);  // ZeRO-3: rank 0 saves (and evaluates) the full values
+        if (rc == 0) rc = finish(&t, t.start_time, err);
+        if (rc == 0) rc = report_peak_memory(&t, err);
     }
     sigaction(SIGINT, &previous, NULL);
     trainer_free(&t);

@@ -101,6 +101,14 @@ typedef struct {
     // be called with, in order: batch k holds batch_sizes[k] ids starting
     // at ids[sum of the sizes before k]. Lets the model prefetch images.
     int (*plan_epoch)(void *ctx, const int *ids, const int *batch_sizes, int n_batches, Error *err);
+    // Optional, for data-parallel training (src/dist/zero.h): the model's
+    // layers, hooks it calls around each (the trainer installs ZeRO's),
+    // and release / re-creation of the params' buffers. Without them
+    // gradients are reduced after the whole backward and ZeRO stage 3 is
+    // refused.
+    const LayerTable *layers;
+    void (*set_layer_hooks)(void *ctx, const LayerHooks *hooks);
+    ParamStorage storage;
 } TrainModel;
 
 enum { EVAL_NO = 0, EVAL_STEPS = 1, EVAL_EPOCH = 2 };

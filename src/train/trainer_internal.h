@@ -59,6 +59,7 @@ typedef struct {
     int n_train, n_eval;
     int *order;      // the current epoch's permutation of 0..n_train-1
     int *batch_ids;
+    int *rounds_of;  // [world] micro-batches each rank ran towards the next update
     int tty;
     int last_saved_step;
 } Trainer;

@@ -205,3 +205,59 @@ def test_zero_updates_equal_one_process_on_uneven_shards():
     assert r.returncode == 0, r.stdout + r.stderr
     for rank in range(3):
         assert f"zero ok rank {rank} of 3" in r.stdout
+
+
+def memory_line(stderr):
+    m = re.search(r"memory per rank \((\d+) ranks?, ZeRO stage (\d)\): optimizer moments (\d+) bytes, "
+                  r"fp32 trainable values (\d+) bytes, grads (\d+) bytes, total (\d+) bytes", stderr)
+    assert m, stderr
+    ranks, stage, moments, values, grads, total = map(int, m.groups())
+    assert total == moments + values + grads
+    peak = re.search(r"peak memory per rank: resident \(VmHWM\) ([\d, ]+) bytes; ZeRO's transient "
+                     r"buffers \(gathered layers, gradient buckets\) at most (\d+) bytes", stderr)
+    assert peak, stderr
+    vmhwm = [int(v) for v in peak.group(1).split(",")]
+    assert len(vmhwm) == ranks and min(vmhwm) > 0
+    return dict(ranks=ranks, stage=stage, moments=moments, values=values, grads=grads, total=total,
+                vmhwm=vmhwm, transient=int(peak.group(2)))
+
+
+def test_zero3_full_finetuning_halves_memory_per_rank_and_equals_one_process():
+    # full fine-tuning of everything (vision tower and projector too), some samples without an image (a rank
+    # whose batch has none still takes its part in the vision layers' gathers and reductions)
+    d, model, data = setup(12)
+    with open(os.path.join(data, "mllm_demo.json")) as f:
+        samples = json.load(f)
+    for k in range(1, len(samples), 3):
+        samples[k]["images"] = []
+        for message in samples[k]["messages"]:
+            message["content"] = message["content"].replace("<image>", "")
+    with open(os.path.join(data, "mllm_demo.json"), "w") as f:
+        json.dump(samples, f)
+    full = dict(finetuning_type="full", learning_rate="1.0e-4", freeze_vision_tower="false",
+                freeze_multi_modal_projector="false")
+    single = os.path.join(d, "single")
+    write_recipe(os.path.join(d, "single.yaml"), **{**settings(model, data, single, 2, 6, 6), **full})
+    one = memory_line(run_vlft("train", os.path.join(d, "single.yaml")).stderr)
+    out = os.path.join(d, "z3")
+    write_recipe(os.path.join(d, "z3.yaml"), **{**settings(model, data, out, 1, 6, 6), **full, "zero_stage": 3})
+    r = mpirun_train(os.path.join(d, "z3.yaml"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    two = memory_line(r.stderr)
+    assert (one["ranks"], one["stage"], two["ranks"], two["stage"]) == (1, 0, 2, 3)
+    # values + grads + moments per rank: about half of one process's (each rank owns half of every tensor)
+    assert two["total"] <= 0.55 * one["total"], (two, one)
+    assert two["values"] <= 0.55 * one["values"] and two["grads"] <= 0.55 * one["grads"], (two, one)
+    # what a layer gathers while it runs stays well below the model's full values and grads
+    assert 0 < two["transient"] < 0.5 * (one["values"] + one["grads"]), (two, one)
+    print(f"  full fine-tuning, tiny model: 1 rank {one}; 2 ranks ZeRO-3 {two}")
+    trained, _ = read_safetensors(os.path.join(out, "checkpoint-6", "trainable.safetensors"))
+    reference, _ = read_safetensors(os.path.join(single, "checkpoint-6", "trainable.safetensors"))
+    assert worst_relative(trained, reference) <= 1e-6
+    assert np.allclose(losses(out), losses(single), rtol=0, atol=1e-4)
+    # one process at stage 3 (gathers are copies, a reduce-scatter per micro-batch adds up in the shard)
+    alone = os.path.join(d, "alone")
+    write_recipe(os.path.join(d, "alone.yaml"), **{**settings(model, data, alone, 2, 6, 6), **full, "zero_stage": 3})
+    assert memory_line(run_vlft("train", os.path.join(d, "alone.yaml")).stderr)["total"] == one["total"]
+    trained, _ = read_safetensors(os.path.join(alone, "checkpoint-6", "trainable.safetensors"))
+    assert worst_relative(trained, reference) <= 1e-6
