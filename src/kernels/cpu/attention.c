@@ -49,8 +49,9 @@ void rope_forward_at(float *x, int N, int H, int D, float theta, int pos0) { rop
 // whatever L is; no [*, L] score buffer exists. The products on a tile go to
 // gemm(), which runs single-threaded inside the parallel region. Key tiles
 // wholly above the causal diagonal or wholly masked are never computed.
-// 128 x 128 measured best among 32..256 x 64..256 on bench/attention.sh
-// (CPU seconds, by a few percent over 64 x 128 and 128 x 64): fewer repacks
+// 128 x 128 measured best of 32..256 x 64..256 on bench/attention.sh (CPU
+// seconds on a busy 2-core machine; a few percent over 64 x 128, 128 x 64,
+// 192 x 128, more over 64 x 256 and 256 x 64): fewer repacks
 // of the same Q and K tiles by the BLAS, and the backward's two tiles
 // (128 KB) still sit in L2 next to the dK, dV rows they update.
 enum { ATTENTION_TILE_Q = 128, ATTENTION_TILE_K = 128 };
