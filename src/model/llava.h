@@ -45,6 +45,7 @@ typedef struct {
     char additional_target[512];           // comma-separated, "" = none
     uint64_t seed;                         // LoRA A init and dropout masks
     int threads;                           // 0 = OMP default
+    int bf16;                              // bf16 products (recipe bf16: true), see llava_load.c
 } LlavaOptions;
 
 // LLaMA-Factory's defaults (finetuning_type lora, rank 8, target all, ...).
@@ -80,8 +81,9 @@ typedef struct {
     size_t activations_peak;          // activations kept for backward + live scratch, peak
     size_t activations_kept_vision;   // activations of the vision tower kept for backward
     size_t activations_kept_total;    // all activations kept for backward
-    size_t weights_owned;             // fp32 copies the model allocated (masters, converted frozen weights)
-    size_t weights_mapped;            // frozen weights used in place from the mmap
+    size_t weights_owned;             // copies the model allocated: fp32 masters and converted frozen
+                                      // weights (bf16 for the GEMM weights in bf16 mode, else fp32)
+    size_t weights_mapped;            // frozen weights used in place from the mmap (F32, or BF16 in bf16 mode)
     size_t grads;                     // gradient buffers
 } LlavaMemoryStats;
 

@@ -307,5 +307,6 @@ int llava_options_from_recipe(const Recipe *r, LlavaOptions *o, Error *err) {
     snprintf(o->additional_target, sizeof o->additional_target, "%s", r->additional_target ? r->additional_target : "");
     o->seed = (uint64_t)r->seed;
     o->threads = r->threads;
+    o->bf16 = r->bf16;
     return 0;
 }
