@@ -25,6 +25,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "llava_internal.h"
 
@@ -71,6 +73,16 @@ static int is_gemm_weight(const LayoutEntry *e) {
     return e->ndim == 2 && strstr(e->name, "position_embedding") == NULL;
 }
 
+// The mapped pages wholly inside [p, p + n) leave this process's resident
+// memory (they are clean file pages: touched again, they are read again).
+// After a conversion the source is not needed, and would otherwise count in
+// the process's peak RSS next to its copy.
+static void release_mapped_pages(const void *p, size_t n) {
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t begin = ((uintptr_t)p + page - 1) / page * page, end = ((uintptr_t)p + n) / page * page;
+    if (end > begin) madvise((void *)begin, end - begin, MADV_DONTNEED);
+}
+
 // bf16 mode, frozen GEMM weight: bf16 only (see the top of the file).
 static int materialize_bf16(LlavaModel *m, Weight *w, Error *err) {
     if (safetensors_is_zero_copy(w->source, DTYPE_BF16)) {
@@ -101,6 +113,7 @@ static int materialize_bf16(LlavaModel *m, Weight *w, Error *err) {
     free(raw);
     free(values);
     if (!converted) return error_set(err, "%s: out of memory converting '%s'", m->model_dir, w->entry->name);
+    release_mapped_pages(w->source->data, w->source->nbytes);
     w->bf16 = w->owned_bf16;
     m->stats.weights_owned += w->numel * sizeof(uint16_t);
     return 0;

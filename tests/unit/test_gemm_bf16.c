@@ -166,30 +166,39 @@ static int run_case(const Case *c, Rng *rng) {
     return unrounded_rejects;
 }
 
+// Every transpose of one shape, with fp32 and bf16 inputs in turn.
+static int shape_cases(const int *shape, int index, int large, Rng *rng) {
+    int rejects = 0;
+    for (int t = 0; t < 4; t++) {
+        for (int kinds = 0; kinds < 4; kinds++) {
+            if (large && kinds > 1) continue;  // large: bf16 weights, or both fp32
+            Case c = {.ta = t & 1, .tb = t >> 1, .M = shape[0], .N = shape[1], .K = shape[2],
+                      .pad = (index + t) % 3, .alpha = (kinds & 2) ? 0.5f : 1.0f,
+                      .beta = (t + index) % 2 ? 1.5f : 0.0f, .a_bf16 = kinds == 3, .b_bf16 = kinds == 1 || kinds == 2};
+            rejects += run_case(&c, rng);
+        }
+    }
+    return rejects;
+}
+
 static void all_cases(Bf16GemmImpl impl, int large) {
     cr_assert_eq(gemm_bf16_set_impl(impl), 0);
     cr_assert_eq(gemm_bf16_impl(), impl);
     Rng rng;
     rng_seed(&rng, 11 + impl);
-    // Small odd shapes, every transpose and input kind.
-    const int shapes[][3] = {{1, 1, 1}, {3, 5, 7}, {17, 33, 65}, {64, 3, 130}, {2, 70, 9}};
+    const int small[][3] = {{1, 1, 1}, {3, 5, 7}, {17, 33, 65}, {64, 3, 130}, {2, 70, 9}};
     const int big[][3] = {
-        {37, 301, 129},   // more than 4e6 flops: threads split C
-        {5, 4500, 600},   // B in several panels and depth blocks
-        {4500, 3, 600},   // A in panels
+        {37, 301, 129},  // more than 4e6 flops: threads split C
+        {3, 9000, 600},  // B in depth blocks, and on one thread in several panels
+        {9000, 2, 600},  // A likewise
     };
     int rejects = 0;
-    int n_shapes = large ? 3 : 5;
-    for (int s = 0; s < n_shapes; s++) {
-        const int *shape = large ? big[s] : shapes[s];
-        for (int t = 0; t < 4; t++) {
-            for (int kinds = 0; kinds < 4; kinds++) {
-                if (large && kinds != 1 && kinds != 0) continue;  // weights bf16 or both fp32
-                Case c = {.ta = t & 1, .tb = t >> 1, .M = shape[0], .N = shape[1], .K = shape[2],
-                          .pad = (s + t) % 3, .alpha = (kinds & 2) ? 0.5f : 1.0f, .beta = (t + s) % 2 ? 1.5f : 0.0f,
-                          .a_bf16 = kinds == 3, .b_bf16 = kinds == 1 || kinds == 2};
-                rejects += run_case(&c, &rng);
-            }
+    if (!large) {
+        for (int s = 0; s < 5; s++) rejects += shape_cases(small[s], s, 0, &rng);
+    } else {
+        for (int threads = 1; threads >= 0; threads--) {  // one thread (several panels each), then all
+            kernel_init(threads);
+            for (int s = 0; s < 3; s++) rejects += shape_cases(big[s], s, 1, &rng);
         }
     }
     // The unrounded product falls outside the tolerance somewhere: the

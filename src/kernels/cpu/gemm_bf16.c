@@ -6,13 +6,15 @@
 // of bf16 inputs accumulated in fp32 is an sgemm of the inputs widened (or,
 // for fp32 inputs, rounded to bf16 and widened back). Widening a whole weight
 // would need an fp32 copy of it (1 GB for Yi-VL's lm_head), so the larger of
-// the two inputs is widened in panels: a block of its rows (or columns) along
-// C's side, sized so the panel stays around L2, in scratch of the thread that
-// multiplies it; the smaller input is widened once, whole. Each thread then
-// runs a single-threaded sgemm on its panel into its own slice of C, as
-// gemm() does. On AVX2 this is the fastest bf16 product available (oneDNN's
-// and torch's bf16 kernels there run at a fraction of sgemm's speed): the
-// memory saving is bf16's, the arithmetic fp32's.
+// the two inputs is widened in panels, in scratch of the thread that
+// multiplies it: a block along C's side, K_BLOCK deep (later depth blocks add
+// onto C), as wide as PANEL_FLOATS allows, because OpenBLAS's sgemm slows
+// down 2-3x on products narrower than a few hundred columns. The smaller
+// input is widened once, whole. Each thread owns one slice of C, as gemm()
+// does, and runs single-threaded sgemms on its panels. On AVX2 this is the
+// fastest bf16 product available (oneDNN 2.6 has no bf16 matmul there and
+// torch's runs at ~2 GFLOP/s): bf16's memory, fp32's arithmetic speed,
+// within ~10% of the fp32 gemm() on the shapes of the models.
 //
 // Scratch is kept between calls (grow-only), so steps after the first
 // allocate nothing here.
@@ -26,6 +28,7 @@
 #include "../kernels.h"
 #include "cpu_internal.h"
 
+// Panel size in fp32 values (4 MiB) and depth; overridable for tuning.
 #ifndef PANEL_FLOATS
 #define PANEL_FLOATS ((size_t)1 << 20)
 #endif
@@ -181,8 +184,8 @@ static int fallback_gemm(int trans_a, int trans_b, int M, int N, int K, float al
     // itself blocks K by) and as wide as that allows: sgemm slows down
     // sharply on narrow products.
     int depth = K <= 2 * K_BLOCK ? K : K_BLOCK;
-    int width = (int)(PANEL_FLOATS / (size_t)depth);
-    if (width < 16) width = 16;
+    size_t width_max = PANEL_FLOATS / (size_t)depth, slice = ((size_t)extent + threads - 1) / threads;
+    int width = (int)(width_max < 16 ? 16 : width_max < slice ? width_max : slice);
     if (reserve(&backend.whole, over_b ? (size_t)M * K : (size_t)K * N) != 0) return -1;
     if (backend.n_panels < threads) {
         Scratch *grown = realloc(backend.panels, sizeof(Scratch) * (size_t)threads);
