@@ -20,7 +20,8 @@ MPI_DEF := -DVLFT_MPI
 endif
 CFLAGS_BASE := $(MPI_DEF) -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -Wno-unused-parameter -Werror=implicit-function-declaration \
                -fopenmp -MMD -MP $(shell pkg-config --cflags $(PKGS))
-LDLIBS  := $(shell pkg-config --libs $(PKGS)) $(BLAS_RPATH) -fopenmp -lm -lpthread
+# oneDNN (libdnnl-dev) has no pkg-config file: bf16 matmuls where the CPU has them.
+LDLIBS  := $(shell pkg-config --libs $(PKGS)) -ldnnl $(BLAS_RPATH) -fopenmp -lm -lpthread
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo 0.1.0)
 
 BUILD   ?= build

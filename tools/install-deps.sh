@@ -8,6 +8,7 @@ packages=(
     libpng-dev libjpeg62-turbo-dev    # images
     libwebp-dev                       # WebP images
     libopenblas-openmp-dev            # CPU GEMMs (OpenMP build: one thread pool with vlft)
+    libdnnl-dev                       # oneDNN: bf16 matmuls on AVX512-BF16 / AMX CPUs
     libcairo2-dev libfontconfig-dev   # loss plots (fontconfig: released after drawing)
     libopenmpi-dev openmpi-bin        # multi-process training (mpirun)
     libcriterion-dev                  # C unit tests

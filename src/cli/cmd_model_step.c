@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include "../io/safetensors.h"
+#include "../kernels/kernels.h"
 #include "../model/llava.h"
 #include "commands.h"
 
@@ -23,6 +24,7 @@ static void usage(FILE *out) {
             "  --freeze-trainable-layers N --freeze-trainable-modules a,b\n"
             "  --load-adapter DIR      LoRA/extra values from a PEFT adapter folder\n"
             "  --adapter-options DIR   LoRA options (r, alpha, targets) from DIR/adapter_config.json\n"
+            "  --bf16                  bf16 products with fp32 accumulation (a recipe's bf16: true)\n"
             "  --grad-scale F          (default 1)\n"
             "  --gradient-checkpointing 0|1   recompute each decoder layer in the backward (default 0 here;\n"
             "                          training recipes default to 1 as LLaMA-Factory)\n"
@@ -171,6 +173,9 @@ int command_model_step(int argc, char **argv) {
         } else if (strcmp(a, "--list-params") == 0) {
             list_params = 1;
             continue;
+        } else if (strcmp(a, "--bf16") == 0) {
+            o.bf16 = 1;
+            continue;
         } else if (a[0] != '-') {
             if (n_positional == 3) {
                 fprintf(stderr, "vlft _model-step: unexpected argument '%s'\n", a);
@@ -278,10 +283,11 @@ int command_model_step(int argc, char **argv) {
         printf("{\"loss\": %.9g, \"step_seconds\": %.6f, \"step_seconds_min\": %.6f, \"step_cpu_seconds_min\": %.6f, \"load_seconds\": %.3f, \"repeat\": %d, "
                "\"gradient_checkpointing\": %d, \"activations_peak\": %zu, \"activations_kept_vision\": %zu, "
                "\"activations_kept_total\": %zu, \"activations_arena\": %zu, \"activations_arena_grows\": %d, "
-               "\"weights_owned\": %zu, \"weights_mapped\": %zu, \"grads\": %zu, \"max_rss\": %ld}\n",
+               "\"weights_owned\": %zu, \"weights_mapped\": %zu, \"grads\": %zu, \"max_rss\": %ld, \"compute\": \"%s\"}\n",
                loss, step_seconds / repeat, step_min, cpu_min, load_seconds, repeat, o.gradient_checkpointing,
                ms.activations_peak, ms.activations_kept_vision, ms.activations_kept_total, ms.activations_arena,
-               ms.activations_arena_grows, ms.weights_owned, ms.weights_mapped, ms.grads, peak_rss_bytes());
+               ms.activations_arena_grows, ms.weights_owned, ms.weights_mapped, ms.grads, peak_rss_bytes(),
+               o.bf16 ? (gemm_bf16_impl() == BF16_GEMM_ONEDNN ? "bf16-onednn" : "bf16-fallback") : "fp32");
     }
     if (rc == EXIT_OK && positional[2] && write_results(model, &bf, positional[2], loss, &err) != 0) rc = EXIT_BAD_INPUT;
     if (rc == EXIT_OK && save_full && llava_save_full(model, save_full, 0, &err) != 0) rc = EXIT_BAD_INPUT;

@@ -16,6 +16,7 @@ int command_chat(int argc, char **argv);
 // hidden, test-only: the trainer on a toy regression model
 int command_train_toy(int argc, char **argv);
 int command_model_step(int argc, char **argv);
+int command_gemm_peak(int argc, char **argv);
 int command_preprocess(int argc, char **argv);
 int command_demo_data(int argc, char **argv);
 

@@ -63,6 +63,65 @@ void lora_backward(float *dx, float *dA, float *dB, float *du, const float *dy, 
                    const uint8_t *keep_mask, float keep_scale, const float *u, const float *A, const float *B,
                    float scale, int N, int In, int Out, int r);
 
+// --- bf16 matrix products (gemm_bf16.c) ----------------------------------
+//
+// Products whose inputs are bf16 and whose accumulation and output are fp32,
+// as torch.autocast(dtype=bfloat16) runs a Linear: every input element is a
+// bf16 value, either stored as bf16 or given in fp32 and rounded to the
+// nearest bf16 (ties to even, as a tensor.to(torch.bfloat16) cast) when read.
+// Two implementations, chosen by kernel_init: oneDNN's matmul (bf16 inputs,
+// f32 output, primitives cached by shape) where oneDNN's effective ISA has
+// native bf16 (AVX512-BF16 or AMX); elsewhere a fallback that converts the
+// inputs to fp32 in blocks and multiplies them with OpenBLAS sgemm (same
+// numbers up to summation order). VLFT_BF16_GEMM=onednn|fallback forces one.
+
+// One input of a bf16 product: exactly one of the two pointers is set.
+typedef struct {
+    const float *f32;      // fp32 values, rounded to bf16 as they are read
+    const uint16_t *bf16;  // bf16 values
+} Bf16Input;
+
+typedef enum { BF16_GEMM_FALLBACK, BF16_GEMM_ONEDNN } Bf16GemmImpl;
+
+// The implementation gemm_bf16 uses now, and its name ("fallback", "onednn").
+Bf16GemmImpl gemm_bf16_impl(void);
+const char *gemm_bf16_impl_name(Bf16GemmImpl impl);
+// Forces an implementation (tests compare the two); 0, or -1 when oneDNN is
+// not available in this build.
+int gemm_bf16_set_impl(Bf16GemmImpl impl);
+
+// C[M,N] = alpha * op(A) op(B) + beta * C, as gemm() with bf16 inputs.
+// Not reentrant: call it from one thread at a time (it threads itself).
+void gemm_bf16(int trans_a, int trans_b, int M, int N, int K, float alpha, Bf16Input A, int lda, Bf16Input B,
+               int ldb, float beta, float *C, int ldc);
+
+// linear_forward / linear_backward with bf16 products: x, dy and w are read as
+// bf16 (w stored bf16, or an fp32 master rounded on the fly); y, dx, dw, db
+// are fp32 (db summed in fp32 from the unrounded dy).
+void linear_forward_bf16(float *y, const float *x, Bf16Input w, const float *b, int N, int In, int Out);
+void linear_backward_bf16(float *dx, int accumulate_dx, float *dw, float *db, const float *dy, const float *x,
+                          Bf16Input w, int N, int In, int Out);
+
+// bf16 storage: n zeroed elements; NULL when out of memory.
+uint16_t *kernel_alloc_bf16(size_t n);
+void kernel_free_bf16(uint16_t *p);
+// dst[i] = src[i] rounded to the nearest bf16, ties to even (NaN stays NaN).
+void bf16_from_f32(uint16_t *dst, const float *src, size_t n);
+void f32_from_bf16(float *dst, const uint16_t *src, size_t n);
+
+// out[N,C] = table[ids[i]] for a bf16 table (as embedding_forward).
+void embedding_forward_bf16(float *out, const uint16_t *table, const int32_t *ids, const uint8_t *skip, int N, int C);
+
+// The machine's GEMM peak as oneDNN reaches it: one [M,K] x [K,N] matmul
+// (bf16 inputs and f32 output when bf16, else f32 throughout) timed over
+// repeats after a warm-up, on the kernel threads. *gflops = best of the
+// repeats; impl receives oneDNN's implementation name. -1 (err_msg filled)
+// when oneDNN is missing or refuses the shape.
+int gemm_peak_onednn(int M, int N, int K, int bf16, int repeats, double *gflops, char *impl, size_t impl_size,
+                     char *err_msg, size_t err_size);
+// oneDNN's effective CPU ISA name ("avx2", "avx512_core_amx", ...).
+const char *gemm_onednn_isa_name(void);
+
 // --- normalisation ------------------------------------------------------
 
 // LayerNorm over the last dim C: y = (x - mean) * rstd * w + b; saves mean and

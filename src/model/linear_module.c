@@ -7,7 +7,7 @@
 // kept on the tape for linear_module_backward.
 void linear_module_forward(const Linear *l, float *y, const float *x, int N, LinearCache *cache, Tape *tape,
                            int vision, Rng *rng, int training) {
-    linear_forward(y, x, l->w->data, l->b ? l->b->data : NULL, N, l->in, l->out);
+    weight_linear_forward(l->w, l->b ? l->b->data : NULL, y, x, N, l->in, l->out);
     const LoraAdapter *a = l->lora;
     if (a == NULL) return;
     size_t nu = (size_t)N * a->rank, nx = (size_t)N * l->in;
@@ -39,7 +39,7 @@ void linear_module_forward(const Linear *l, float *y, const float *x, int N, Lin
 // dx (overwritten, or added to when accumulate_dx; NULL = not needed).
 void linear_module_backward(const Linear *l, float *dx, int accumulate_dx, const float *dy, const float *x, int N,
                             const LinearCache *cache, Tape *tape) {
-    linear_backward(dx, accumulate_dx, l->w->grad, l->b ? l->b->grad : NULL, dy, x, l->w->data, N, l->in, l->out);
+    weight_linear_backward(l->w, dx, accumulate_dx, l->b ? l->b->grad : NULL, dy, x, N, l->in, l->out);
     const LoraAdapter *a = l->lora;
     if (a == NULL) return;
     size_t nu = (size_t)N * a->rank;

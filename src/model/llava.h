@@ -49,6 +49,7 @@ typedef struct {
     // CLIP): keep each layer's input, recompute its forward before its
     // backward. Default 1, as LLaMA-Factory (disable_gradient_checkpointing: false).
     int gradient_checkpointing;
+    int bf16;                              // bf16 products (recipe bf16: true), see llava_load.c
 } LlavaOptions;
 
 // LLaMA-Factory's defaults (finetuning_type lora, rank 8, target all, ...).
@@ -86,8 +87,9 @@ typedef struct {
     size_t activations_kept_total;    // all activations kept for backward (at the forward's end)
     size_t activations_arena;         // the one block activations live in, planned for the largest step so far
     int activations_arena_grows;      // times that block was planned (grown) so far
-    size_t weights_owned;             // fp32 copies the model allocated (masters, converted frozen weights)
-    size_t weights_mapped;            // frozen weights used in place from the mmap
+    size_t weights_owned;             // copies the model allocated: fp32 masters and converted frozen
+                                      // weights (bf16 for the GEMM weights in bf16 mode, else fp32)
+    size_t weights_mapped;            // frozen weights used in place from the mmap (F32, or BF16 in bf16 mode)
     size_t grads;                     // gradient buffers
 } LlavaMemoryStats;
 

@@ -187,7 +187,7 @@ static int vision_forward(Pass *p, VisionState *s, const float *pixels, int n) {
     if (m->tape.failed) return -1;
     if (llava_hook(m, LLAVA_BEFORE_FORWARD, LLAVA_VISION_EMBED, 0) != 0) return -1;
     patches_from_pixels(s->patches, pixels, n, vc->num_channels, S, ps);
-    linear_forward(s->patch_embeds, s->patches, m->patch_embedding->data, NULL, n * P, K, C);
+    weight_linear_forward(m->patch_embedding, NULL, s->patch_embeds, s->patches, n * P, K, C);
     vision_embed_forward(s->embeds, s->patch_embeds, m->class_embedding->data, m->position_embedding->data, n, P, C);
     layernorm_forward(s->x0, s->mean0, s->rstd0, s->embeds, m->pre_ln_w->data, m->pre_ln_b->data, n * T, C,
                       (float)vc->layer_norm_eps);
@@ -251,8 +251,7 @@ static void vision_backward(LlavaModel *m, VisionState *s, const float *dfeature
         if (dpatch) {
             vision_embed_backward(dpatch, m->class_embedding->grad, m->position_embedding->grad, dembeds, n, P, C);
             if (m->patch_embedding->grad)
-                linear_backward(NULL, 0, m->patch_embedding->grad, NULL, dpatch, s->patches, m->patch_embedding->data,
-                                n * P, K, C);
+                weight_linear_backward(m->patch_embedding, NULL, 0, NULL, dpatch, s->patches, n * P, K, C);
             tape_release_scratch(t, dpatch, (size_t)n * P * C);
         }
     }
@@ -529,7 +528,7 @@ static int run(LlavaModel *m, const LlavaBatch *b, RunMode mode, float grad_scal
     if (!x) goto oom;
     if (!train) lp.scratch.count = 0;  // x is freed by hand below
     if (llava_hook(m, LLAVA_BEFORE_FORWARD, LLAVA_TEXT_EMBED, 0) != 0) goto oom;
-    embedding_forward(x, m->embed_tokens->data, b->input_ids, is_image, N, C);
+    weight_embedding_forward(m->embed_tokens, x, b->input_ids, is_image, N, C);
     if (llava_hook(m, LLAVA_AFTER_FORWARD, LLAVA_TEXT_EMBED, 0) != 0) goto oom;
     if (image_rows) rows_scatter(x, image_index, features, image_rows, C);
     if (features_scratch) {
@@ -711,7 +710,7 @@ int llava_embed_inputs(LlavaModel *m, const int32_t *ids, int L, int n_images, c
             image_index[k++] = i;
             is_image[i] = 1;
         }
-    embedding_forward(x, m->embed_tokens->data, ids, is_image, L, C);
+    weight_embedding_forward(m->embed_tokens, x, ids, is_image, L, C);
     if (n_images > 0) {
         vs.layers = calloc((size_t)m->vision_layers_run + 1, sizeof(VisionActs));
         if (!vs.layers) goto done;

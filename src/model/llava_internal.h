@@ -19,6 +19,12 @@ typedef struct {
     float *owned;              // fp32 copy (conversion, or trainable master)
     float *grad;               // NULL when frozen
     int trainable;
+    // bf16 mode (options.bf16), GEMM weights only (Linear weights,
+    // embed_tokens, lm_head, patch embedding): products read them as bf16.
+    int compute_bf16;
+    const uint16_t *bf16;      // frozen: the mmap (BF16 checkpoint) or owned_bf16, and data is NULL;
+                               // trainable: NULL, the fp32 master (data) is rounded as it is read
+    uint16_t *owned_bf16;      // frozen F32/F16 tensor converted once
 } Weight;
 
 typedef struct {
@@ -140,6 +146,14 @@ struct LlavaModel {
     int has_hooks, hook_failed;
     Error hook_error;  // what the failing hook said
 };
+
+// weight_ops.c: the products and gathers of one weight, in fp32 or (when
+// compute_bf16) through the bf16 kernels. b is the bias values (may be NULL);
+// the backward adds into w->grad when the weight trains.
+void weight_linear_forward(const Weight *w, const float *b, float *y, const float *x, int N, int In, int Out);
+void weight_linear_backward(const Weight *w, float *dx, int accumulate_dx, float *db, const float *dy, const float *x,
+                            int N, int In, int Out);
+void weight_embedding_forward(const Weight *table, float *out, const int32_t *ids, const uint8_t *skip, int N, int C);
 
 // trainable.c: marks weights trainable and creates the LoRA adapters.
 int llava_select_trainable(LlavaModel *m, Error *err);

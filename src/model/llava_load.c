@@ -4,9 +4,29 @@
 // A frozen F32 tensor is read in place from the mapping (no copy); a frozen
 // BF16/F16 one is converted once to fp32; a trainable one gets an fp32
 // master copy and a gradient buffer.
+//
+// bf16 mode (options.bf16, the recipe's `bf16: true`), as torch autocast
+// runs a model: the products of the GEMM weights (every Linear weight,
+// embed_tokens, lm_head, the patch embedding) take bf16 inputs and
+// accumulate in fp32 (kernels.h, gemm_bf16). Such a weight, when frozen, is
+// stored only as bf16: read in place from the mapping when the checkpoint
+// holds it as BF16, else converted once to an owned bf16 copy; it has no
+// fp32 copy at all, which is what lets a 6B model's 13 GB of bf16 weights fit.
+// A trainable one keeps its fp32 master (what the optimizer updates) and is
+// rounded to bf16 as each product reads it, rather than through a bf16 copy
+// refreshed after every update: the master is also written by checkpoint
+// resume, adapter loading and ZeRO gathers, and rounding on the fly cannot
+// go stale after any of them, costs no memory, and costs one pass over the
+// weight per product (a product does N such passes of arithmetic). LoRA A/B
+// stay fp32 and their rank-r products run in fp32. Everything else stays
+// fp32: norm weights, biases, position and class embeddings, activations
+// between products, RMSNorm/LayerNorm, softmax and attention, the loss,
+// gradients and Adam moments.
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "llava_internal.h"
 
@@ -45,8 +65,64 @@ static int bind_linear(LlavaModel *m, Linear *l, const char *module_fmt, int ind
     return 0;
 }
 
+// The weights products read in bf16 mode: 2-D ones (Linear weights,
+// embed_tokens, lm_head) except the position table, which is only added,
+// and the patch embedding (a Conv2d weight, a Linear over patches).
+static int is_gemm_weight(const LayoutEntry *e) {
+    if (strstr(e->name, "patch_embedding.weight")) return 1;
+    return e->ndim == 2 && strstr(e->name, "position_embedding") == NULL;
+}
+
+// The mapped pages wholly inside [p, p + n) leave this process's resident
+// memory (they are clean file pages: touched again, they are read again).
+// After a conversion the source is not needed, and would otherwise count in
+// the process's peak RSS next to its copy.
+static void release_mapped_pages(const void *p, size_t n) {
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t begin = ((uintptr_t)p + page - 1) / page * page, end = ((uintptr_t)p + n) / page * page;
+    if (end > begin) madvise((void *)begin, end - begin, MADV_DONTNEED);
+}
+
+// bf16 mode, frozen GEMM weight: bf16 only (see the top of the file).
+static int materialize_bf16(LlavaModel *m, Weight *w, Error *err) {
+    if (safetensors_is_zero_copy(w->source, DTYPE_BF16)) {
+        w->bf16 = w->source->data;
+        m->stats.weights_mapped += w->numel * sizeof(uint16_t);
+        return 0;
+    }
+    w->owned_bf16 = kernel_alloc_bf16(w->numel);
+    if (w->owned_bf16 == NULL) return error_set(err, "%s: out of memory for '%s'", m->model_dir, w->entry->name);
+    // Through fp32 in chunks (the mapped data may be unaligned): F32 and F16
+    // values convert exactly to fp32, then round once to bf16.
+    enum { CHUNK = 1 << 16 };
+    size_t element = dtype_size(w->source->dtype);
+    if (w->source->dtype != DTYPE_F32 && w->source->dtype != DTYPE_F16 && w->source->dtype != DTYPE_BF16 &&
+        w->source->dtype != DTYPE_F64)
+        return error_set(err, "%s: tensor '%s' is %s, not a floating type", m->model_dir, w->entry->name,
+                         dtype_name(w->source->dtype));
+    double *raw = malloc(CHUNK * sizeof(double));  // aligned for any element type
+    float *values = malloc(CHUNK * sizeof(float));
+    const unsigned char *src = w->source->data;
+    for (size_t i = 0; raw && values && i < w->numel; i += CHUNK) {
+        size_t n = w->numel - i < CHUNK ? w->numel - i : CHUNK;
+        memcpy(raw, src + i * element, n * element);
+        dtype_convert(values, DTYPE_F32, raw, w->source->dtype, n);
+        bf16_from_f32(w->owned_bf16 + i, values, n);
+    }
+    int converted = raw && values;
+    free(raw);
+    free(values);
+    if (!converted) return error_set(err, "%s: out of memory converting '%s'", m->model_dir, w->entry->name);
+    release_mapped_pages(w->source->data, w->source->nbytes);
+    w->bf16 = w->owned_bf16;
+    m->stats.weights_owned += w->numel * sizeof(uint16_t);
+    return 0;
+}
+
 static int materialize(LlavaModel *m, Weight *w, Error *err) {
     w->numel = w->source->numel;
+    w->compute_bf16 = m->options.bf16 && is_gemm_weight(w->entry);
+    if (w->compute_bf16 && !w->trainable) return materialize_bf16(m, w, err);
     if (!w->trainable && safetensors_is_zero_copy(w->source, DTYPE_F32)) {
         w->data = w->source->data;
         m->stats.weights_mapped += w->numel * sizeof(float);
@@ -259,6 +335,7 @@ void llava_free(LlavaModel *m) {
     for (int i = 0; i < m->n_weights; i++) {
         kernel_free(m->weights[i].owned);
         kernel_free(m->weights[i].grad);
+        kernel_free_bf16(m->weights[i].owned_bf16);
     }
     free(m->weights);
     for (int i = 0; i < m->n_loras; i++) {

@@ -309,5 +309,6 @@ int llava_options_from_recipe(const Recipe *r, LlavaOptions *o, Error *err) {
     o->seed = (uint64_t)r->seed;
     o->threads = r->threads;
     o->gradient_checkpointing = !r->disable_gradient_checkpointing;
+    o->bf16 = r->bf16;
     return 0;
 }

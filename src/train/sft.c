@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "../base/fs.h"
+#include "../kernels/kernels.h"
 
 // transformers' save_pretrained default max_shard_size ("5GB").
 #define FULL_SHARD_BYTES 5000000000ull
@@ -60,8 +61,9 @@ int sft_open(SftSession *s, const Recipe *r, FILE *log, Error *err) {
         const ParamRef *params = llava_params(s->model, &n_params);
         size_t trainable = 0;
         for (int i = 0; i < n_params; i++) trainable += params[i].numel;
-        fprintf(log, "model: %s, %s, %zu trainable parameters in %d tensors\n", dir, r->finetuning_type, trainable,
-                n_params);
+        fprintf(log, "model: %s, %s, %zu trainable parameters in %d tensors, %s products%s%s\n", dir,
+                r->finetuning_type, trainable, n_params, r->bf16 ? "bf16" : "fp32", r->bf16 ? " via " : "",
+                r->bf16 ? gemm_bf16_impl_name(gemm_bf16_impl()) : "");
         fprintf(log, "data: %d training and %d evaluation samples (template %s, cutoff_len %d)\n",
                 s->dataset.train.n_samples, s->dataset.eval.n_samples, r->template_name, r->cutoff_len);
     }

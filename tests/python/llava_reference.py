@@ -51,6 +51,29 @@ def activation(name):
     raise ValueError(name)
 
 
+def bf16_round(t):
+    """t's values rounded to bf16 (through fp32, as vlft rounds its fp32 values), in t's dtype."""
+    return t.float().to(torch.bfloat16).to(t.dtype)
+
+
+class Bf16Product(torch.autograd.Function):
+    """y = bf16(x) @ bf16(w)^T in the reference's precision; the backward's
+    products read bf16 too: dx = bf16(dy) @ bf16(w), dw = bf16(dy)^T @ bf16(x).
+    What vlft's bf16 mode computes, with exact accumulation."""
+
+    @staticmethod
+    def forward(ctx, x, w):
+        ctx.save_for_backward(x, w)
+        return bf16_round(x) @ bf16_round(w).T
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, w = ctx.saved_tensors
+        dy = bf16_round(dy)
+        dw = dy.reshape(-1, dy.shape[-1]).T @ bf16_round(x).reshape(-1, x.shape[-1])
+        return dy @ bf16_round(w), dw
+
+
 def split_names(text):
     return [item.strip() for item in text.split(",") if item.strip()] if text else []
 
@@ -59,10 +82,14 @@ class LlavaReference:
     def __init__(self, folder, finetuning_type="lora", lora_rank=8, lora_alpha=None, lora_target="all",
                  freeze_vision_tower=True, freeze_multi_modal_projector=True, freeze_language_model=False,
                  freeze_trainable_layers=2, freeze_trainable_modules="all", additional_target="",
-                 adapter=None, dtype=torch.float64):
+                 adapter=None, dtype=torch.float64, bf16_products=False):
         with open(os.path.join(folder, "config.json")) as f:
             self.config = json.load(f)
         self.dtype = dtype
+        # bf16_products: every weight product (Linear, lm_head, patch
+        # embedding) through Bf16Product and frozen embedding rows rounded to
+        # bf16: the numbers of vlft's bf16 mode in exact arithmetic.
+        self.bf16_products = bf16_products
         raw = read_model_folder(folder)
         self.source_names = {classic_name(k): k for k in raw}
         self.tensors = {classic_name(k): torch.tensor(np.array(v, dtype=np.float64), dtype=dtype) for k, v in raw.items()
@@ -134,8 +161,12 @@ class LlavaReference:
     def w(self, name):
         return self.tensors[name]
 
+    def product(self, x, w):
+        """x @ w^T, through bf16 inputs when bf16_products."""
+        return Bf16Product.apply(x, w) if self.bf16_products else x @ w.T
+
     def linear(self, module, x):
-        y = x @ self.w(module + ".weight").T
+        y = self.product(x, self.w(module + ".weight"))
         if module + ".bias" in self.tensors:
             y = y + self.w(module + ".bias")
         if module in self.lora:
@@ -144,7 +175,10 @@ class LlavaReference:
         return y
 
     def layer_norm(self, prefix, x, eps):
-        return F.layer_norm(x, (x.shape[-1],), self.w(prefix + ".weight"), self.w(prefix + ".bias"), eps)
+        # In self.dtype: under CPU bf16 autocast a Linear's output is bf16, and
+        # torch 1.13's layer_norm refuses bf16 input with fp32 weights (newer
+        # torch runs autocast layer_norm in fp32, as this does).
+        return F.layer_norm(x.to(self.dtype), (x.shape[-1],), self.w(prefix + ".weight"), self.w(prefix + ".bias"), eps)
 
     def rms_norm(self, weight, x, eps):
         variance = x.pow(2).mean(-1, keepdim=True)
@@ -157,8 +191,13 @@ class LlavaReference:
         eps = vc.get("layer_norm_eps", 1e-5)
         heads = vc["num_attention_heads"]
         act = activation(vc.get("hidden_act", "quick_gelu"))
-        x = F.conv2d(pixels, self.w(p + "embeddings.patch_embedding.weight"), stride=vc["patch_size"])
-        x = x.flatten(2).transpose(1, 2)
+        weight = self.w(p + "embeddings.patch_embedding.weight")
+        if self.bf16_products:  # the convolution as vlft runs it: a product over flattened patches
+            patches = F.unfold(pixels, vc["patch_size"], stride=vc["patch_size"]).transpose(1, 2)
+            x = self.product(patches, weight.reshape(weight.shape[0], -1))
+        else:
+            x = F.conv2d(pixels, weight, stride=vc["patch_size"])
+            x = x.flatten(2).transpose(1, 2)
         n, _, c = x.shape
         cls = self.w(p + "embeddings.class_embedding").expand(n, 1, c)
         x = torch.cat([cls, x], dim=1) + self.w(p + "embeddings.position_embedding.weight")[None]
@@ -228,7 +267,10 @@ class LlavaReference:
             v = v.repeat_interleave(heads // kv, dim=1)
             scores = (q @ k.transpose(-1, -2)) / math.sqrt(d)
             scores = scores.masked_fill(~visible, float("-inf"))
-            att = (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(b, length, heads * d)
+            # Softmax in self.dtype, back to v's dtype: transformers' LLaMA
+            # attention (bf16 scores under autocast take an fp32 softmax).
+            att = (torch.softmax(scores, dim=-1, dtype=self.dtype).to(v.dtype) @ v).transpose(1, 2).reshape(
+                b, length, heads * d)
             x = x + self.linear(p + "self_attn.o_proj", att)
             h = self.rms_norm(p + "post_attention_layernorm.weight", x, eps)
             x = x + self.linear(p + "mlp.down_proj",
@@ -236,11 +278,14 @@ class LlavaReference:
         x = self.rms_norm(lm + "norm.weight", x, eps)
         if "language_model.lm_head.weight" in self.tensors:
             return self.linear("language_model.lm_head", x)
-        return x @ self.w(lm + "embed_tokens.weight").T
+        return self.product(x, self.w(lm + "embed_tokens.weight"))
 
     def forward(self, batch):
         ids = torch.tensor(batch["input_ids"], dtype=torch.long)
-        x = self.w("language_model.model.embed_tokens.weight")[ids]
+        table = self.w("language_model.model.embed_tokens.weight")
+        x = table[ids]
+        if self.bf16_products and not table.requires_grad:
+            x = bf16_round(x)  # a frozen table is stored as bf16
         image = ids == self.config["image_token_index"]
         if batch.get("pixel_values") is not None and len(batch["pixel_values"]):
             features = self.project(self.vision_features(torch.tensor(batch["pixel_values"], dtype=self.dtype)))
@@ -254,13 +299,19 @@ class LlavaReference:
         loss = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE)
         return logits, loss
 
-    def step(self, batch, grad_scale=1.0):
+    def step(self, batch, grad_scale=1.0, autocast_bf16=False):
+        """autocast_bf16: run the forward under torch.autocast("cpu", bfloat16)
+        (construct with dtype=torch.float32), as LLaMA-Factory's bf16: true does."""
         for t in self.trainable.values():
             t.grad = None
-        logits, loss = self.forward(batch)
+        if autocast_bf16:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                logits, loss = self.forward(batch)
+        else:
+            logits, loss = self.forward(batch)
         if self.trainable:
             (loss * grad_scale).backward()
-        return {"logits": logits.detach().numpy(), "loss": float(loss),
+        return {"logits": logits.detach().to(self.dtype).numpy(), "loss": float(loss),
                 # A tensor the forward never reaches (a vision layer past the
                 # feature layer) has no gradient; optimizers skip it.
                 "grads": {n: t.grad.numpy().copy() for n, t in self.trainable.items() if t.grad is not None}}

@@ -88,6 +88,19 @@ void embedding_forward(float *out, const float *table, const int32_t *ids, const
         if (!skip || !skip[i]) memcpy(out + (size_t)i * C, table + (size_t)ids[i] * C, sizeof(float) * (size_t)C);
 }
 
+void embedding_forward_bf16(float *out, const uint16_t *table, const int32_t *ids, const uint8_t *skip, int N, int C) {
+#pragma omp parallel for schedule(static) if ((size_t)N * C > KERNEL_PARALLEL_MIN)
+    for (int i = 0; i < N; i++)
+        if (!skip || !skip[i]) {
+            const uint16_t *row = table + (size_t)ids[i] * C;
+            float *dst = out + (size_t)i * C;
+            for (int c = 0; c < C; c++) {
+                uint32_t bits = (uint32_t)row[c] << 16;  // a bf16 is the top half of an fp32
+                memcpy(&dst[c], &bits, sizeof bits);
+            }
+        }
+}
+
 void embedding_backward(float *dtable, const float *dout, const int32_t *ids, const uint8_t *skip, int N, int C) {
     // Serial over rows: two rows may hit the same id.
     for (int i = 0; i < N; i++) {

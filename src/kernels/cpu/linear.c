@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "../kernels.h"
+#include "cpu_internal.h"
 
 void kernel_init(int threads) {
     if (threads <= 0) threads = omp_get_max_threads();
@@ -18,6 +19,7 @@ void kernel_init(int threads) {
     // one thread.
     openblas_set_num_threads(1);
     omp_set_num_threads(threads);
+    gemm_bf16_init();
 }
 
 float *kernel_alloc(size_t n) { return calloc(n ? n : 1, sizeof(float)); }
@@ -66,14 +68,27 @@ void gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const floa
     }
 }
 
+// y[N,Out] += b[Out] on every row.
+static void add_bias(float *y, const float *b, int N, int Out) {
+#pragma omp parallel for schedule(static) if ((size_t)N * Out > KERNEL_PARALLEL_MIN)
+    for (int n = 0; n < N; n++)
+        for (int o = 0; o < Out; o++) y[(size_t)n * Out + o] += b[o];
+}
+
+// db[Out] += sum over rows of dy[N,Out].
+static void bias_backward(float *db, const float *dy, int N, int Out) {
+#pragma omp parallel for schedule(static) if ((size_t)N * Out > KERNEL_PARALLEL_MIN)
+    for (int o = 0; o < Out; o++) {
+        double s = 0;
+        for (int n = 0; n < N; n++) s += dy[(size_t)n * Out + o];
+        db[o] += (float)s;
+    }
+}
+
 void linear_forward(float *y, const float *x, const float *w, const float *b, int N, int In, int Out) {
     // y[N,Out] = x[N,In] . w[Out,In]^T
     gemm(0, 1, N, Out, In, 1.0f, x, In, w, In, 0.0f, y, Out);
-    if (b) {
-#pragma omp parallel for schedule(static) if ((size_t)N * Out > KERNEL_PARALLEL_MIN)
-        for (int n = 0; n < N; n++)
-            for (int o = 0; o < Out; o++) y[(size_t)n * Out + o] += b[o];
-    }
+    if (b) add_bias(y, b, N, Out);
 }
 
 void linear_backward(float *dx, int accumulate_dx, float *dw, float *db, const float *dy, const float *x,
@@ -82,14 +97,21 @@ void linear_backward(float *dx, int accumulate_dx, float *dw, float *db, const f
     if (dx) gemm(0, 0, N, In, Out, 1.0f, dy, Out, w, In, accumulate_dx ? 1.0f : 0.0f, dx, In);
     // dw[Out,In] += dy^T[Out,N] . x[N,In]
     if (dw) gemm(1, 0, Out, In, N, 1.0f, dy, Out, x, In, 1.0f, dw, In);
-    if (db) {
-#pragma omp parallel for schedule(static) if ((size_t)N * Out > KERNEL_PARALLEL_MIN)
-        for (int o = 0; o < Out; o++) {
-            double s = 0;
-            for (int n = 0; n < N; n++) s += dy[(size_t)n * Out + o];
-            db[o] += (float)s;
-        }
-    }
+    if (db) bias_backward(db, dy, N, Out);
+}
+
+// The same products with bf16 inputs (gemm_bf16.c); bias and its gradient stay fp32.
+void linear_forward_bf16(float *y, const float *x, Bf16Input w, const float *b, int N, int In, int Out) {
+    gemm_bf16(0, 1, N, Out, In, 1.0f, (Bf16Input){.f32 = x}, In, w, In, 0.0f, y, Out);
+    if (b) add_bias(y, b, N, Out);
+}
+
+void linear_backward_bf16(float *dx, int accumulate_dx, float *dw, float *db, const float *dy, const float *x,
+                          Bf16Input w, int N, int In, int Out) {
+    Bf16Input dy_in = {.f32 = dy};
+    if (dx) gemm_bf16(0, 0, N, In, Out, 1.0f, dy_in, Out, w, In, accumulate_dx ? 1.0f : 0.0f, dx, In);
+    if (dw) gemm_bf16(1, 0, Out, In, N, 1.0f, dy_in, Out, (Bf16Input){.f32 = x}, In, 1.0f, dw, In);
+    if (db) bias_backward(db, dy, N, Out);
 }
 
 void lora_forward(float *y, float *u, float *dropped, const float *x, const uint8_t *keep_mask, float keep_scale,
