@@ -160,7 +160,8 @@ static void forward_tile(const Attention *a, float *out, float *lse, int b, int 
     for (int j0 = 0; j0 < end; j0 += ATTENTION_TILE_K) {
         int cols = min_int(ATTENTION_TILE_K, end - j0), unmasked = keys_unmasked(a, b, j0, cols);
         if (unmasked == 0) continue;
-        gemm(0, 1, rows, cols, D, a->scale, Q, qs, K + (size_t)j0 * ks, ks, 0.0f, S, ATTENTION_TILE_K);  // S = scale Q K^T
+        // S = scale Q K^T
+        gemm(0, 1, rows, cols, D, a->scale, Q, qs, K + (size_t)j0 * ks, ks, 0.0f, S, ATTENTION_TILE_K);
         if (tile_partial(a, i0, j0, cols, unmasked)) mask_tile(a, S, b, i0, rows, j0, cols);
         for (int r = 0; r < rows; r++) {
             float *s = S + (size_t)r * ATTENTION_TILE_K;
@@ -267,9 +268,10 @@ static void backward_tile(const Attention *a, float *dq, float *dK, float *dV, i
                 ds[c] = p[c] * (ds[c] - dr) * scale;
             }
         }
-        gemm(1, 0, cols, D, rows, 1.0f, S, ATTENTION_TILE_K, dO, qs, 1.0f, dV + (size_t)j0 * dkv_stride, dkv_stride);  // dV += P^T dO
-        gemm(1, 0, cols, D, rows, 1.0f, dP, ATTENTION_TILE_K, Q, qs, 1.0f, dK + (size_t)j0 * dkv_stride, dkv_stride);  // dK += dS^T Q
-        gemm(0, 0, rows, D, cols, 1.0f, dP, ATTENTION_TILE_K, Kj, ks, 1.0f, dQ, qs);  // dQ += dS K
+        float *dKj = dK + (size_t)j0 * dkv_stride, *dVj = dV + (size_t)j0 * dkv_stride;
+        gemm(1, 0, cols, D, rows, 1.0f, S, ATTENTION_TILE_K, dO, qs, 1.0f, dVj, dkv_stride);  // dV += P^T dO
+        gemm(1, 0, cols, D, rows, 1.0f, dP, ATTENTION_TILE_K, Q, qs, 1.0f, dKj, dkv_stride);  // dK += dS^T Q
+        gemm(0, 0, rows, D, cols, 1.0f, dP, ATTENTION_TILE_K, Kj, ks, 1.0f, dQ, qs);          // dQ += dS K
     }
 }
 
