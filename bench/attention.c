@@ -14,7 +14,7 @@
 // process was not scheduled.
 //
 // Shapes: the Yi-VL-6B language model's attention on 1024 image + 256 text
-// tokens (B=1, L=1280, Hq=32, Hkv=4, D=128, causal) and the CLIP ViT-L/14
+// tokens (B=1, L=1280, Hq=32, Hkv=4, D=128, causal) and its CLIP ViT-H/14
 // tower at 448 px (B=1, L=1025, H=16, D=80, not causal).
 #include <math.h>
 #include <omp.h>
@@ -124,7 +124,7 @@ int main(int argc, char **argv) {
     int last = argc > 3 && strcmp(argv[3], "baseline") == 0 ? 1 : 0;
     kernel_init(threads);
     Shape shapes[] = {{"yi-vl-6b text L=1280 Hq=32 Hkv=4 D=128 causal", 1, 1280, 32, 4, 128, 1},
-                      {"clip-l 448px L=1025 H=16 D=80 full", 1, 1025, 16, 16, 80, 0}};
+                      {"vit-h/14 448px L=1025 H=16 D=80 full", 1, 1025, 16, 16, 80, 0}};
     printf("threads %d, best of %d\n", threads, repeat);
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
         const Shape *s = &shapes[si];

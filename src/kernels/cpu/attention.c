@@ -298,7 +298,7 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
     // tasks per (b, query head, query tile) as in the forward with a
     // per-thread copy of dk and dv summed at the end, measured the same CPU
     // time on bench/attention.sh's shapes (within noise) but needs those
-    // copies (5.4 MB for the 6B text shape, 10.6 MB for CLIP-L at 448 px on
+    // copies (5.4 MB for the 6B text shape, 10.6 MB for its ViT-H at 448 px on
     // 2 threads, growing with the thread count) and gives gradients that
     // depend on the thread count. When the unit count is not a multiple of
     // the thread count (a single KV head, an odd count), each unit is split
