@@ -6,11 +6,15 @@
 //
 //   bench/attention.sh [THREADS (default 2)] [REPEAT (default 3)] [BASELINE_REV (default e929027)]
 //
-// Profiling one side: bench_attention THREADS REPEAT new|baseline (the binary
-// bench/attention.sh builds; set KEEP=DIR to keep it there).
+// Profiling one side: KEEP=DIR bench/attention.sh keeps the binary in DIR;
+// DIR/bench_attention THREADS REPEAT new|baseline times only that one.
+//
+// "cpu s" is CPU seconds of all threads (fwd + bwd): on a machine shared with
+// other work it is steadier than the wall times, which include time the
+// process was not scheduled.
 //
 // Shapes: the Yi-VL-6B language model's attention on 1024 image + 256 text
-// tokens (B=1, L=1280, Hq=32, Hkv=4, D=128, causal) and the CLIP ViT-L/14
+// tokens (B=1, L=1280, Hq=32, Hkv=4, D=128, causal) and its CLIP ViT-H/14
 // tower at 448 px (B=1, L=1025, H=16, D=80, not causal).
 #include <math.h>
 #include <omp.h>
@@ -120,7 +124,7 @@ int main(int argc, char **argv) {
     int last = argc > 3 && strcmp(argv[3], "baseline") == 0 ? 1 : 0;
     kernel_init(threads);
     Shape shapes[] = {{"yi-vl-6b text L=1280 Hq=32 Hkv=4 D=128 causal", 1, 1280, 32, 4, 128, 1},
-                      {"clip-l 448px L=1025 H=16 D=80 full", 1, 1025, 16, 16, 80, 0}};
+                      {"vit-h/14 448px L=1025 H=16 D=80 full", 1, 1025, 16, 16, 80, 0}};
     printf("threads %d, best of %d\n", threads, repeat);
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
         const Shape *s = &shapes[si];
@@ -147,19 +151,22 @@ int main(int argc, char **argv) {
         }
         Timing t[2] = {{0}, {0}};
         for (int r = 0; r < repeat; r++)
-            for (int old = first; old >= last; old--) run(old, s, out[old], lse[old], dq[old], dk[old], dv[old], q, k, v, dout, &t[old]);
+            for (int old = first; old >= last; old--)
+                run(old, s, out[old], lse[old], dq[old], dk[old], dv[old], q, k, v, dout, &t[old]);
         printf("\n%s\n", s->name);
         printf("  %-8s %9s %9s %9s %9s %14s %14s\n", "", "fwd s", "bwd s", "total s", "cpu s", "fwd scratch B",
                "bwd scratch B");
         for (int old = first; old >= last; old--)
             printf("  %-8s %9.4f %9.4f %9.4f %9.4f %14zu %14zu\n", old ? "baseline" : "new", t[old].fwd, t[old].bwd,
                    t[old].fwd + t[old].bwd, t[old].cpu, t[old].peak_fwd, t[old].peak_bwd);
-        if (first != last) printf("  speed-up (baseline / new): fwd %.2fx  bwd %.2fx  total %.2fx  (cpu seconds %.2fx)\n",
-               t[1].fwd / t[0].fwd, t[1].bwd / t[0].bwd, (t[1].fwd + t[1].bwd) / (t[0].fwd + t[0].bwd),
-               t[1].cpu / t[0].cpu);
-        if (first != last) printf("  max |new - baseline|: out %.2e  lse %.2e  dq %.2e  dk %.2e  dv %.2e\n", max_diff(out[0], out[1], nq),
-               max_diff(lse[0], lse[1], nl), max_diff(dq[0], dq[1], nq), max_diff(dk[0], dk[1], nk),
-               max_diff(dv[0], dv[1], nk));
+        if (first != last) {
+            printf("  speed-up (baseline / new): fwd %.2fx  bwd %.2fx  total %.2fx  (cpu seconds %.2fx)\n",
+                   t[1].fwd / t[0].fwd, t[1].bwd / t[0].bwd, (t[1].fwd + t[1].bwd) / (t[0].fwd + t[0].bwd),
+                   t[1].cpu / t[0].cpu);
+            printf("  max |new - baseline|: out %.2e  lse %.2e  dq %.2e  dk %.2e  dv %.2e\n",
+                   max_diff(out[0], out[1], nq), max_diff(lse[0], lse[1], nl), max_diff(dq[0], dq[1], nq),
+                   max_diff(dk[0], dk[1], nk), max_diff(dv[0], dv[1], nk));
+        }
         free(q), free(k), free(v), free(dout);
         for (int i = 0; i < 2; i++) free(out[i]), free(lse[i]), free(dq[i]), free(dk[i]), free(dv[i]);
     }

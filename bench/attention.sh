@@ -11,8 +11,10 @@ base=${3:-e929027}
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 make -s -j2 build/libvlft.a
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+# KEEP=DIR keeps the built binary (DIR/bench_attention), e.g. for perf.
+work=${KEEP:-$(mktemp -d)}
+mkdir -p "$work"
+[ -z "${KEEP:-}" ] && trap 'rm -rf "$work"' EXIT
 # Same OpenBLAS (the OpenMP build) as the Makefile links.
 blas_pc=$(ls -d /usr/lib/*/openblas-openmp/pkgconfig 2>/dev/null | head -1 || true)
 [ -n "$blas_pc" ] && export PKG_CONFIG_PATH="$blas_pc${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"

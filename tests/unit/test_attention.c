@@ -206,12 +206,14 @@ static void check_against_reference(Shape s, uint64_t seed) {
                 if (want.lse[((size_t)b * s.Hq + h) * s.L + i] == INFINITY)
                     for (int d = 0; d < D; d++) {
                         size_t at = ((size_t)b * s.L + i) * qs + (size_t)h * D + d;
-                        cr_expect(got.out[at] == 0 && got.dq[at] == 0, "row %d of b=%d h=%d not zero, %s", i, b, h, name);
+                        cr_expect(got.out[at] == 0 && got.dq[at] == 0, "row %d of b=%d h=%d not zero, %s", i, b, h,
+                                  name);
                     }
             if (in.mask && in.mask[(size_t)b * s.L + i] == 0)
                 for (int e = 0; e < ks; e++) {
                     size_t at = ((size_t)b * s.L + i) * ks + e;
-                    cr_expect(got.dk[at] == 0 && got.dv[at] == 0, "masked key %d of b=%d has a gradient, %s", i, b, name);
+                    cr_expect(got.dk[at] == 0 && got.dv[at] == 0, "masked key %d of b=%d has a gradient, %s", i, b,
+                              name);
                 }
         }
     if (s.mask_kind == MASK_EMPTY_SEQUENCE || (s.mask_kind == MASK_LEFT_PADDING && s.causal))
