@@ -95,5 +95,6 @@ int command_gemm_peak(int argc, char **argv) {
     print_escaped(f32_ok ? impl_f32 : err_f32);
     printf(", \"vlft_bf16_gflops\": %.3f, \"vlft_bf16_impl\": \"%s\", \"vlft_f32_gflops\": %.3f}\n", vlft_bf16,
            gemm_bf16_impl_name(gemm_bf16_impl()), vlft_f32);
-    return (bf16_ok && f32_ok) ? EXIT_OK : EXIT_BAD_INPUT;
+    // No bf16 matmul in oneDNN on this CPU is an answer (-1 and the reason), not a failure.
+    return f32_ok ? EXIT_OK : EXIT_BAD_INPUT;
 }

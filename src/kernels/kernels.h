@@ -86,8 +86,8 @@ typedef enum { BF16_GEMM_FALLBACK, BF16_GEMM_ONEDNN } Bf16GemmImpl;
 // The implementation gemm_bf16 uses now, and its name ("fallback", "onednn").
 Bf16GemmImpl gemm_bf16_impl(void);
 const char *gemm_bf16_impl_name(Bf16GemmImpl impl);
-// Forces an implementation (tests compare the two); 0, or -1 when oneDNN is
-// not available in this build.
+// Forces an implementation (tests compare the two); 0, or -1 (unchanged)
+// when oneDNN cannot start a CPU engine.
 int gemm_bf16_set_impl(Bf16GemmImpl impl);
 
 // C[M,N] = alpha * op(A) op(B) + beta * C, as gemm() with bf16 inputs.

@@ -67,7 +67,7 @@ typedef struct {
     char *lr_scheduler_type;
     double warmup_ratio;
     int warmup_steps;
-    int bf16;
+    int bf16;               // bf16 weight products (llava.h LlavaOptions.bf16)
     double adam_beta1;
     double adam_beta2;
     double adam_epsilon;

@@ -309,3 +309,24 @@ def test_demo_recipe_bf16_tracks_fp32():
     assert final["true"] != final["false"], "bf16 changed nothing"
     a, b = final["true"][-1], final["false"][-1]
     assert abs(a - b) <= 0.02 * b, (a, b)
+
+
+def test_gemm_peak_and_implementation_choice():
+    """vlft _gemm-peak times oneDNN's f32 (and, where the CPU has it, bf16)
+    matmul; vlft's bf16 GEMM is oneDNN exactly where oneDNN's ISA has native
+    bf16, unless VLFT_BF16_GEMM says otherwise (a bad value is reported)."""
+    def peak(**env):
+        run = run_vlft("_gemm-peak", "--shape", "96,80,64", "--repeat", "1", env=dict(os.environ, **env))
+        return json.loads(run.stdout.strip().splitlines()[-1]), run.stderr
+    result, _ = peak()
+    assert result["onednn_f32_gflops"] > 0 and result["vlft_f32_gflops"] > 0 and result["vlft_bf16_gflops"] > 0
+    native = result["isa"] in ("avx512_core_bf16", "avx512_core_amx")
+    assert result["vlft_bf16_impl"] == ("onednn" if native else "fallback"), result
+    assert (result["onednn_bf16_gflops"] > 0) or "no bf16 matmul" in result["onednn_bf16_impl"], result
+    assert peak(VLFT_BF16_GEMM="onednn")[0]["vlft_bf16_impl"] == "onednn"
+    assert peak(VLFT_BF16_GEMM="fallback")[0]["vlft_bf16_impl"] == "fallback"
+    result, stderr = peak(VLFT_BF16_GEMM="fast")
+    assert "VLFT_BF16_GEMM must be 'onednn' or 'fallback', got 'fast'" in stderr
+    assert result["vlft_bf16_impl"] == ("onednn" if native else "fallback")
+    bad = run_vlft("_gemm-peak", "--shape", "0,1,1", check=False)
+    assert bad.returncode == 2 and "bad option '--shape'" in bad.stderr

@@ -10,6 +10,8 @@
 void gemm_bf16_init(void);
 
 // gemm_onednn.c
+// 0 once oneDNN's CPU engine and stream exist (created on first use), else -1.
+int onednn_start(void);
 // 1 when oneDNN's effective ISA multiplies bf16 natively (AVX512-BF16, AMX).
 int onednn_native_bf16(void);
 // 1 when oneDNN has a bf16 matmul on this CPU at all (probed once; 2.6 has

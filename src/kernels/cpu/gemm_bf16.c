@@ -302,6 +302,10 @@ Bf16GemmImpl gemm_bf16_impl(void) {
 int gemm_bf16_set_impl(Bf16GemmImpl impl) {
     gemm_bf16_init();
     pthread_mutex_lock(&backend.lock);
+    if (impl == BF16_GEMM_ONEDNN && onednn_start() != 0) {
+        pthread_mutex_unlock(&backend.lock);
+        return -1;
+    }
     backend.impl = impl;
     pthread_mutex_unlock(&backend.lock);
     return 0;

@@ -41,7 +41,7 @@ static struct {
     int bf16_probed, bf16_available;
 } onednn;
 
-static int start(void) {
+int onednn_start(void) {
     if (onednn.started) return onednn.failed ? -1 : 0;
     onednn.started = 1;
     if (dnnl_engine_create(&onednn.engine, dnnl_cpu, 0) != dnnl_success ||
@@ -171,7 +171,7 @@ int onednn_bf16_matmul_available(void) {
     if (!onednn.bf16_probed) {
         onednn.bf16_probed = 1;
         CachedMatmul probe = {.M = 16, .N = 16, .K = 16, .lda = 16, .ldb = 16, .ldc = 16, .alpha = 1.0f};
-        onednn.bf16_available = start() == 0 && create_matmul(&probe, dnnl_bf16, NULL, 0) == 0;
+        onednn.bf16_available = onednn_start() == 0 && create_matmul(&probe, dnnl_bf16, NULL, 0) == 0;
         destroy_matmul(&probe);
     }
     return onednn.bf16_available;
@@ -179,7 +179,7 @@ int onednn_bf16_matmul_available(void) {
 
 int onednn_matmul(int trans_a, int trans_b, int M, int N, int K, float alpha, const void *A, int lda, const void *B,
                   int ldb, int bf16_inputs, float beta, float *C, int ldc) {
-    if (start() != 0) return -1;
+    if (onednn_start() != 0) return -1;
     CachedMatmul key = {.trans_a = trans_a, .trans_b = trans_b, .M = M, .N = N, .K = K, .lda = lda, .ldb = ldb,
                         .ldc = ldc, .bf16 = bf16_inputs, .alpha = alpha, .beta = beta};
     CachedMatmul *e = lookup(&key);
@@ -206,7 +206,7 @@ static double now_seconds(void) {
 int gemm_peak_onednn(int M, int N, int K, int bf16, int repeats, double *gflops, char *impl, size_t impl_size,
                      char *err_msg, size_t err_size) {
     *gflops = 0;
-    if (start() != 0) {
+    if (onednn_start() != 0) {
         snprintf(err_msg, err_size, "oneDNN could not create a CPU engine");
         return -1;
     }
