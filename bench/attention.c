@@ -11,7 +11,8 @@
 //
 // "cpu s" is CPU seconds of all threads (fwd + bwd): on a machine shared with
 // other work it is steadier than the wall times, which include time the
-// process was not scheduled.
+// process was not scheduled. "balance" says how evenly the threads were
+// busy in each phase (see balance() below).
 //
 // Shapes: the Yi-VL-6B language model's attention on 1024 image + 256 text
 // tokens (B=1, L=1280, Hq=32, Hkv=4, D=128, causal) and its CLIP ViT-H/14
@@ -75,6 +76,28 @@ static double now(void) { return clock_seconds(CLOCK_MONOTONIC); }
 // OMP_WAIT_POLICY in bench/attention.sh, so waiting does not count either).
 static double cpu_now(void) { return clock_seconds(CLOCK_PROCESS_CPUTIME_ID); }
 
+// CPU seconds each OpenMP thread of the pool has run so far (a pool thread
+// keeps its number from one parallel region to the next).
+enum { MAX_THREADS = 256 };
+static void thread_cpu(double *per_thread) {
+#pragma omp parallel
+    per_thread[omp_get_thread_num()] = clock_seconds(CLOCK_THREAD_CPUTIME_ID);
+}
+
+// How evenly a phase kept the threads busy: their CPU seconds summed over
+// (threads x the busiest one's). 100% = every thread worked as long as the
+// busiest; a serial section shows as 1/threads of its share. On a busy
+// machine a few percent under 100% can also be a dynamic schedule handing
+// fewer tasks to a thread that got less CPU.
+static double balance(const double *before, const double *after, int threads) {
+    double sum = 0, most = 0;
+    for (int i = 0; i < threads; i++) {
+        sum += after[i] - before[i];
+        most = fmax(most, after[i] - before[i]);
+    }
+    return most > 0 ? sum / (threads * most) : 1;
+}
+
 typedef struct {
     const char *name;
     int B, L, Hq, Hkv, D, causal;
@@ -84,16 +107,21 @@ typedef struct {
     double fwd, bwd;    // best wall seconds
     double cpu;         // best CPU seconds of fwd + bwd
     size_t peak_fwd, peak_bwd;  // heap bytes allocated inside the call
+    double balance_fwd, balance_bwd;  // of the last repetition
 } Timing;
 
 static void run(int old, const Shape *s, float *out, float *lse, float *dq, float *dk, float *dv, const float *q,
                 const float *k, const float *v, const float *dout, Timing *t) {
     float scale = 1.0f / sqrtf((float)s->D);
+    int threads = omp_get_max_threads();
+    double before[MAX_THREADS], middle[MAX_THREADS], after[MAX_THREADS];
+    thread_cpu(before);
     live_bytes = peak_bytes = 0;
     double c0 = cpu_now(), t0 = now();
     if (old) old_attention_forward(out, lse, q, k, v, NULL, s->B, s->L, s->Hq, s->Hkv, s->D, s->causal, scale);
     else attention_forward(out, lse, q, k, v, NULL, s->B, s->L, s->Hq, s->Hkv, s->D, s->causal, scale);
     double t1 = now();
+    thread_cpu(middle);
     size_t peak_fwd = peak_bytes;
     live_bytes = peak_bytes = 0;
     if (old)
@@ -103,6 +131,9 @@ static void run(int old, const Shape *s, float *out, float *lse, float *dq, floa
         attention_backward(dq, dk, dv, dout, out, lse, q, k, v, NULL, s->B, s->L, s->Hq, s->Hkv, s->D, s->causal,
                            scale);
     double t2 = now(), c2 = cpu_now();
+    thread_cpu(after);
+    t->balance_fwd = balance(before, middle, threads);
+    t->balance_bwd = balance(middle, after, threads);
     if (t->cpu == 0 || c2 - c0 < t->cpu) t->cpu = c2 - c0;
     if (t->fwd == 0 || t1 - t0 < t->fwd) t->fwd = t1 - t0;
     if (t->bwd == 0 || t2 - t1 < t->bwd) t->bwd = t2 - t1;
@@ -118,6 +149,10 @@ static double max_diff(const float *a, const float *b, size_t n) {
 
 int main(int argc, char **argv) {
     int threads = argc > 1 ? atoi(argv[1]) : 2;
+    if (threads < 1 || threads > MAX_THREADS) {
+        fprintf(stderr, "bench_attention: THREADS must be 1..%d\n", MAX_THREADS);
+        return 2;
+    }
     int repeat = argc > 2 ? atoi(argv[2]) : 3;
     // Third argument "new" or "baseline": time only that one (for profiling).
     int first = argc > 3 && strcmp(argv[3], "new") == 0 ? 0 : 1;
@@ -154,11 +189,12 @@ int main(int argc, char **argv) {
             for (int old = first; old >= last; old--)
                 run(old, s, out[old], lse[old], dq[old], dk[old], dv[old], q, k, v, dout, &t[old]);
         printf("\n%s\n", s->name);
-        printf("  %-8s %9s %9s %9s %9s %14s %14s\n", "", "fwd s", "bwd s", "total s", "cpu s", "fwd scratch B",
-               "bwd scratch B");
+        printf("  %-8s %9s %9s %9s %9s %14s %14s %17s\n", "", "fwd s", "bwd s", "total s", "cpu s", "fwd scratch B",
+               "bwd scratch B", "balance fwd/bwd");
         for (int old = first; old >= last; old--)
-            printf("  %-8s %9.4f %9.4f %9.4f %9.4f %14zu %14zu\n", old ? "baseline" : "new", t[old].fwd, t[old].bwd,
-                   t[old].fwd + t[old].bwd, t[old].cpu, t[old].peak_fwd, t[old].peak_bwd);
+            printf("  %-8s %9.4f %9.4f %9.4f %9.4f %14zu %14zu %8.0f%%/%3.0f%%\n", old ? "baseline" : "new", t[old].fwd,
+                   t[old].bwd, t[old].fwd + t[old].bwd, t[old].cpu, t[old].peak_fwd, t[old].peak_bwd,
+                   100 * t[old].balance_fwd, 100 * t[old].balance_bwd);
         if (first != last) {
             printf("  speed-up (baseline / new): fwd %.2fx  bwd %.2fx  total %.2fx  (cpu seconds %.2fx)\n",
                    t[1].fwd / t[0].fwd, t[1].bwd / t[0].bwd, (t[1].fwd + t[1].bwd) / (t[0].fwd + t[0].bwd),
