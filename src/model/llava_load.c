@@ -90,16 +90,16 @@ static int materialize_bf16(LlavaModel *m, Weight *w, Error *err) {
         m->stats.weights_mapped += w->numel * sizeof(uint16_t);
         return 0;
     }
+    if (w->source->dtype != DTYPE_F32 && w->source->dtype != DTYPE_F16 && w->source->dtype != DTYPE_BF16 &&
+        w->source->dtype != DTYPE_F64)
+        return error_set(err, "%s: tensor '%s' is %s, not a floating type", m->model_dir, w->entry->name,
+                         dtype_name(w->source->dtype));
     w->owned_bf16 = kernel_alloc_bf16(w->numel);
     if (w->owned_bf16 == NULL) return error_set(err, "%s: out of memory for '%s'", m->model_dir, w->entry->name);
     // Through fp32 in chunks (the mapped data may be unaligned): F32 and F16
     // values convert exactly to fp32, then round once to bf16.
     enum { CHUNK = 1 << 16 };
     size_t element = dtype_size(w->source->dtype);
-    if (w->source->dtype != DTYPE_F32 && w->source->dtype != DTYPE_F16 && w->source->dtype != DTYPE_BF16 &&
-        w->source->dtype != DTYPE_F64)
-        return error_set(err, "%s: tensor '%s' is %s, not a floating type", m->model_dir, w->entry->name,
-                         dtype_name(w->source->dtype));
     double *raw = malloc(CHUNK * sizeof(double));  // aligned for any element type
     float *values = malloc(CHUNK * sizeof(float));
     const unsigned char *src = w->source->data;
