@@ -24,7 +24,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "python"))
 import llava_reference as ref  # noqa: E402
-from model_step import mid_config, mid_weights  # noqa: E402
+from model_step import mid_config, mid_model  # noqa: E402
 from vlft_testing import tempdir, write_safetensors  # noqa: E402
 
 MODES = {
@@ -47,12 +47,7 @@ def main():
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     config = mid_config()
-    folder = args.keep or os.path.join(tempdir(), "mid")
-    if not os.path.exists(os.path.join(folder, "model.safetensors")):
-        os.makedirs(folder, exist_ok=True)
-        with open(os.path.join(folder, "config.json"), "w") as f:
-            json.dump(config, f, indent=2)
-        write_safetensors(os.path.join(folder, "model.safetensors"), mid_weights(config, rng), {"format": "pt"})
+    folder = mid_model(args.keep or os.path.join(tempdir(), "mid"), config, rng)
     batch = ref.random_batch(config, np.random.default_rng(1), images_per_sample=(1,) * args.batch,
                              text_lengths=((args.text, args.text - 1),) * args.batch)
     batch_path = os.path.join(args.keep or tempdir(), f"batch-{args.batch}x{args.text}.safetensors")

@@ -94,6 +94,17 @@ def mid_weights(c, rng):
     return w
 
 
+def mid_model(folder, config, rng):
+    """Writes the mid-size model (config.json, model.safetensors) into folder
+    unless it is already there; returns folder."""
+    if not os.path.exists(os.path.join(folder, "model.safetensors")):
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, "config.json"), "w") as f:
+            json.dump(config, f, indent=2)
+        write_safetensors(os.path.join(folder, "model.safetensors"), mid_weights(config, rng), {"format": "pt"})
+    return folder
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=os.cpu_count())
@@ -105,12 +116,7 @@ def main():
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     config = mid_config()
-    folder = args.keep or os.path.join(tempdir(), "mid")
-    if not os.path.exists(os.path.join(folder, "model.safetensors")):
-        os.makedirs(folder, exist_ok=True)
-        with open(os.path.join(folder, "config.json"), "w") as f:
-            json.dump(config, f, indent=2)
-        write_safetensors(os.path.join(folder, "model.safetensors"), mid_weights(config, rng), {"format": "pt"})
+    folder = mid_model(args.keep or os.path.join(tempdir(), "mid"), config, rng)
     batch = ref.random_batch(config, rng, images_per_sample=(1,), text_lengths=((64, 63),))
     batch_path = os.path.join(tempdir(), "batch.safetensors")
     write_safetensors(batch_path, batch)

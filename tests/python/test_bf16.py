@@ -37,22 +37,13 @@ import numpy as np
 import torch
 
 import llava_reference as ref
-from vlft_testing import read_model_folder, read_safetensors, run_vlft, tempdir, write_safetensors
+import vlft_testing
+from vlft_testing import read_model_folder, read_safetensors, rel_norm, run_vlft, tempdir, write_safetensors
 
-_MODELS = {}
 
 
 def tiny_model(projector="yivl", dtype="bf16"):
-    key = (projector, dtype)
-    if key not in _MODELS:
-        folder = os.path.join(tempdir(), f"tiny-{projector}-{dtype}")
-        run_vlft("init-tiny", folder, "--projector", projector, "--dtype", dtype, "--seed", "7")
-        _MODELS[key] = folder
-    return _MODELS[key]
-
-
-def rel_norm(a, b):
-    return float(np.linalg.norm(np.asarray(a, np.float64) - b) / max(np.linalg.norm(b), 1e-30))
+    return vlft_testing.tiny_model(projector, dtype)
 
 
 def max_rel(a, b):

@@ -10,22 +10,8 @@ import os
 import numpy as np
 
 import llava_reference as ref
-from vlft_testing import read_safetensors, read_model_folder, run_vlft, tempdir, write_safetensors
+from vlft_testing import read_safetensors, read_model_folder, rel_norm, run_vlft, tempdir, tiny_model, write_safetensors
 
-_MODELS = {}
-
-
-def tiny_model(projector="yivl", dtype="f32"):
-    key = (projector, dtype)
-    if key not in _MODELS:
-        folder = os.path.join(tempdir(), f"tiny-{projector}-{dtype}")
-        run_vlft("init-tiny", folder, "--projector", projector, "--dtype", dtype, "--seed", "7")
-        _MODELS[key] = folder
-    return _MODELS[key]
-
-
-def rel_norm(a, b):
-    return float(np.linalg.norm(np.asarray(a, np.float64) - b) / max(np.linalg.norm(b), 1e-30))
 
 
 # name: (vlft flags, reference keyword arguments)

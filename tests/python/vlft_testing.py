@@ -102,3 +102,22 @@ def read_model_folder(folder):
         assert set(tensors) == set(weight_map), "index and shards disagree"
         return tensors
     return read_safetensors(os.path.join(folder, "model.safetensors"))[0]
+
+
+_tiny_models = {}
+
+
+def tiny_model(projector="yivl", dtype="f32"):
+    """A `vlft init-tiny` model folder (seed 7), made once per process for
+    each (projector, dtype)."""
+    key = (projector, dtype)
+    if key not in _tiny_models:
+        folder = os.path.join(tempdir(), f"tiny-{projector}-{dtype}")
+        run_vlft("init-tiny", folder, "--projector", projector, "--dtype", dtype, "--seed", "7")
+        _tiny_models[key] = folder
+    return _tiny_models[key]
+
+
+def rel_norm(a, b):
+    """|a - b| / |b| in float64 (b the reference)."""
+    return float(np.linalg.norm(np.asarray(a, np.float64) - b) / max(np.linalg.norm(b), 1e-30))
