@@ -36,7 +36,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "python"))
 import llava_reference as ref  # noqa: E402
-from model_step import mid_config, mid_model  # noqa: E402
+from model_step import mid_batch, mid_config, mid_model  # noqa: E402
 from vlft_testing import tempdir, write_safetensors  # noqa: E402
 
 VLFT = os.environ.get("VLFT_BIN", os.path.join(HERE, "..", "build", "vlft"))
@@ -113,9 +113,7 @@ def part_ab(args, parts):
     rng = np.random.default_rng(0)
     config = mid_config()
     folder = mid_model(args.keep or os.path.join(tempdir(), "mid"), config, rng)
-    batch = ref.random_batch(config, rng, images_per_sample=(1,), text_lengths=((64, 63),))
-    batch_path = os.path.join(tempdir(), "batch.safetensors")
-    write_safetensors(batch_path, batch)
+    batch, batch_path = mid_batch(config, rng)
     label_rows = int((batch["labels"][:, 1:] != -100).sum())
     peak = gemm_peak(args.threads) if "b" in parts else None
     print(f"mid-size LLaVA (bench/model_step.py's), batch 1 x {batch['input_ids'].shape[1]} tokens (256 image), "

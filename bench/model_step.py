@@ -105,6 +105,15 @@ def mid_model(folder, config, rng):
     return folder
 
 
+def mid_batch(config, rng):
+    """The benchmark's sample: one image (256 tokens) + 64 prompt + 63 answer
+    tokens, written to a temporary safetensors file; returns (batch, path)."""
+    batch = ref.random_batch(config, rng, images_per_sample=(1,), text_lengths=((64, 63),))
+    path = os.path.join(tempdir(), "batch.safetensors")
+    write_safetensors(path, batch)
+    return batch, path
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=os.cpu_count())
@@ -117,9 +126,7 @@ def main():
     rng = np.random.default_rng(0)
     config = mid_config()
     folder = mid_model(args.keep or os.path.join(tempdir(), "mid"), config, rng)
-    batch = ref.random_batch(config, rng, images_per_sample=(1,), text_lengths=((64, 63),))
-    batch_path = os.path.join(tempdir(), "batch.safetensors")
-    write_safetensors(batch_path, batch)
+    batch, batch_path = mid_batch(config, rng)
     length = batch["input_ids"].shape[1]
     flags = ["--finetuning-type", "lora"] if args.mode == "lora" else ["--finetuning-type", "full"]
     import torch
