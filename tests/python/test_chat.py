@@ -101,6 +101,28 @@ def test_greedy_equals_reference_without_and_with_image():
     assert len(set(expected)) > 50
 
 
+def test_bf16_chat_follows_the_fp32_answer():
+    # bf16 products round every weight and input to 8 bits of mantissa, so the
+    # answer may drift from the fp32 one late; the first tokens, whose top-2
+    # margins are wide on this model, must agree (the run is deterministic).
+    s = setup()
+    args = ("--model", s["model"], "--repetition-penalty", 2.0, "--image", s["images"][0], "What is in the picture?")
+    prompt32, out32 = chat_ids(*args)
+    prompt16, out16 = chat_ids("--bf16", *args)
+    assert prompt16 == prompt32 and len(out16) == N_NEW
+    assert out16[:8] == out32[:8], f"bf16 {out16}\nfp32 {out32}"
+    # ... and bf16 is really in effect: the f32 checkpoint's GEMM weights are
+    # converted to owned bf16 copies (2 bytes a value), not used in place.
+    def weights(*flags):
+        r = run_vlft("chat", "--stats", "--max-new-tokens", 1, "--threads", 2, *flags, "--model", s["model"], "hi")
+        line = next(x for x in r.stderr.splitlines() if x.startswith("stats: weights"))
+        return [int(x) for x in line.split() if x.isdigit()][:2]
+    mapped32, owned32 = weights()
+    mapped16, owned16 = weights("--bf16")
+    assert owned32 == 0 and mapped32 > 0
+    assert owned16 > 0 and owned16 + 2 * mapped16 < mapped32, (mapped16, owned16, mapped32)
+
+
 def test_greedy_with_trained_adapter_equals_reference():
     s = setup()
     adapter, _ = read_safetensors(os.path.join(s["adapter"], "adapter_model.safetensors"))
