@@ -24,14 +24,34 @@ CFLAGS_BASE := $(MPI_DEF) -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -Wno-unu
 LDLIBS  := $(shell pkg-config --libs $(PKGS)) -ldnnl $(BLAS_RPATH) -fopenmp -lm -lpthread
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo 0.1.0)
 
+# `make CUDA=1` adds the CUDA backend (src/kernels/cuda, src/model/llava_cuda.c)
+# into build-cuda/; the plain build stays CPU-only and never needs a CUDA toolkit.
+CUDA    ?= 0
+ifeq ($(CUDA),1)
+BUILD   ?= build-cuda
+else
 BUILD   ?= build
+endif
 OPT     ?= -O2 -g
 SAN     ?=
 
 CFLAGS  := $(CFLAGS_BASE) $(OPT) $(SAN) -DVLFT_VERSION='"0.1.0 ($(VERSION))"'
 
-LIB_SRC  := $(shell find src -name '*.c' ! -name main.c ! -path 'src/kernels/cuda/*' | sort)
+LIB_SRC  := $(shell find src -name '*.c' ! -name main.c ! -path 'src/kernels/cuda/*' ! -name '*_cuda.c' | sort)
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
+ifeq ($(CUDA),1)
+CUDA_HOME ?= /usr/local/cuda
+NVCC     ?= $(CUDA_HOME)/bin/nvcc
+# Hopper (H100/H200) machine code plus PTX for newer chips.
+NVCC_ARCH ?= -gencode=arch=compute_90,code=sm_90 -gencode=arch=compute_90,code=compute_90
+NVCCFLAGS := -O3 -std=c++17 $(NVCC_ARCH) -lineinfo -Xcompiler -Wall -MMD -MP
+CFLAGS   += -DVLFT_CUDA -I$(CUDA_HOME)/include
+LIB_SRC  += $(sort $(wildcard src/kernels/cuda/*.c) $(shell find src -name '*_cuda.c'))
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o) $(patsubst %.cu,$(BUILD)/%.cu.o,$(sort $(wildcard src/kernels/cuda/*.cu)))
+LDLIBS   += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcublasLt -lcudart -lstdc++
+# Device-only checks (kernel parity, attention), one .c each in tests/cuda.
+CUDA_TEST_BINS := $(patsubst tests/cuda/%.c,$(BUILD)/tests/cuda/%,$(sort $(wildcard tests/cuda/*.c)))
+endif
 TEST_SRC := $(sort $(wildcard tests/unit/*.c))
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
 # Small programs the Python tests drive (one .c each in tests/bin).
@@ -40,9 +60,18 @@ TEST_BINS := $(patsubst tests/bin/%.c,$(BUILD)/tests/bin/%,$(sort $(wildcard tes
 # regressions (tests/python/test_fuzz_replay.py runs them).
 FUZZ_REPLAY := $(patsubst tests/fuzz/fuzz_%.c,$(BUILD)/tests/fuzz/replay_%,$(sort $(wildcard tests/fuzz/fuzz_*.c)))
 
-.PHONY: all debug asan test test-asan fuzz clean demo
+.PHONY: all debug asan test test-asan fuzz clean demo cuda-tests
 
 all: $(BUILD)/vlft
+
+$(BUILD)/%.cu.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+
+$(BUILD)/tests/cuda/%: $(BUILD)/tests/cuda/%.o $(BUILD)/libvlft.a
+	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
+
+cuda-tests: $(BUILD)/vlft $(CUDA_TEST_BINS)
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -88,6 +117,6 @@ demo: $(BUILD)/vlft
 	examples/demo.sh
 
 clean:
-	rm -rf build build-debug build-asan build-fuzz
+	rm -rf build build-debug build-asan build-fuzz build-cuda
 
--include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BUILD)/src/main.d $(TEST_BINS:=.d) $(FUZZ_REPLAY:$(BUILD)/tests/fuzz/replay_%=$(BUILD)/tests/fuzz/fuzz_%.d)
+-include $(LIB_OBJ:.o=.d) $(CUDA_TEST_BINS:=.d) $(TEST_OBJ:.o=.d) $(BUILD)/src/main.d $(TEST_BINS:=.d) $(FUZZ_REPLAY:$(BUILD)/tests/fuzz/replay_%=$(BUILD)/tests/fuzz/fuzz_%.d)
