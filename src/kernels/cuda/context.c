@@ -17,7 +17,7 @@ struct CudaContext {
     cudaStream_t stream;
     cublasHandle_t cublas;
     void *cublas_workspace;
-    char name[256];
+    char name[640];
     size_t live, peak;
     // What cuda_malloc handed out, so cuda_free keeps the count (a few
     // hundred blocks: the weights and one arena).
