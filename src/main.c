@@ -34,6 +34,7 @@ static const Command commands[] = {
     // names starting with '_' are for tests and left out of --help
     {"_train-toy", command_train_toy, "train a toy regression model (tests)"},
     {"_model-step", command_model_step, "one forward/backward on a batch file (tests, benchmarks)"},
+    {"_cuda-info", command_cuda_info, "the GPU this vlft would use, or why none (exit 77)"},
     {"_gemm-peak", command_gemm_peak, "oneDNN bf16 / f32 matmul GFLOP/s on this machine (benchmarks)"},
     {"preprocess", command_preprocess, "run the image pipeline on files and save each stage"},
     {"demo-data", command_demo_data, "write a procedurally drawn image dataset (mllm_demo format)"},

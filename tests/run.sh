@@ -43,9 +43,14 @@ if [ -z "$p" ] || [ -z "$f" ]; then
 else
     passed=$((passed + p))
     failed=$((failed + f))
+    skipped=$(echo "$line" | sed -n 's/.* \([0-9]*\) skipped.*/\1/p')
 fi
 rm -f "$log"
 
 echo
-echo "$passed passed, $failed failed"
+if [ "${skipped:-0}" -gt 0 ]; then
+    echo "$passed passed, $failed failed, $skipped skipped (they need a GPU: see the SKIP lines)"
+else
+    echo "$passed passed, $failed failed"
+fi
 [ "$failed" -eq 0 ]

@@ -19,5 +19,6 @@ int command_model_step(int argc, char **argv);
 int command_gemm_peak(int argc, char **argv);
 int command_preprocess(int argc, char **argv);
 int command_demo_data(int argc, char **argv);
+int command_cuda_info(int argc, char **argv);
 
 #endif

@@ -17,6 +17,10 @@ NUMPY_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": 
                 "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
 
 
+class Skip(Exception):
+    """Raised by a check that cannot run here (no GPU); runner.py reports it as SKIP with the reason."""
+
+
 def run_vlft(*args, check=True, **kwargs):
     """Runs vlft with args; returns the CompletedProcess (text mode)."""
     result = subprocess.run([VLFT, *map(str, args)], capture_output=True, text=True, **kwargs)
