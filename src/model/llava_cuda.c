@@ -267,6 +267,10 @@ int llava_cuda_attach(LlavaModel *m, Error *err) {
     if (!(d->loss_sum = dmalloc(d, sizeof(double), "loss", err)) || !(d->grad_sq = dmalloc(d, sizeof(double), "norm", err)) ||
         !(d->clip = dmalloc(d, 2 * sizeof(float), "norm", err)))
         goto fail;
+    // Gradients accumulate on the device: the host's buffers go (a 6B full
+    // fine-tune would hold 27 GB of them), made again only if pulled.
+    ParamStorage st = llava_param_storage(m);
+    for (int i = 0; i < m->n_params; i++) st.free(st.ctx, i, 0, 1);
     return 0;
 oom:
     error_set(err, "out of memory");
@@ -809,7 +813,9 @@ int llava_cuda_optimizer_step(LlavaModel *m, const AdamWScalars *sc, double max_
 // 4 moments (into / from the host AdamW arrays exp_avg, exp_avg_sq).
 int llava_cuda_pull(LlavaModel *m, int what, float **exp_avg, float **exp_avg_sq, Error *err) {
     LlavaCuda *d = m->cuda;
+    ParamStorage st = llava_param_storage(m);
     for (int i = 0; i < m->n_params; i++) {
+        if ((what & 2) && m->params[i].grad == NULL && st.alloc(st.ctx, i, 0, 1, err) != 0) return -1;
         DevParam p = dev_param(m, i);
         size_t bytes = m->params[i].numel * sizeof(float);
         if ((what & 1) && m->params[i].value && cuda_download(d->ctx, m->params[i].value, p.value, bytes, err) != 0) return -1;
