@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The GPU checks of issue #9 in one go, for a lent GPU machine that has the
+# CUDA driver and python3 with torch + numpy but none of vlft's build
+# dependencies. Prepare here with `bench/cuda/device_check.sh --pack` (builds
+# `make CUDA=1` and packs the binaries and the shared libraries they need
+# into .devcarry/); run there from the repository root with .devcarry
+# carried: `bench/cuda/device_check.sh [STAGES]`, STAGES a comma list of
+# info,parity,model,train,bench-lora,bench-full (default: all but bench-full).
+# Logs and results go to $OUT (or /tmp/vlft-device).
+set -u
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$root"
+carry=.devcarry
+
+if [ "${1:-}" = "--pack" ]; then
+    set -e
+    make CUDA=1 -j2 build-cuda/vlft cuda-tests >/dev/null
+    rm -rf "$carry"
+    mkdir -p "$carry/tests/cuda"
+    cp build-cuda/vlft "$carry/"
+    cp build-cuda/tests/cuda/* "$carry/tests/cuda/" 2>/dev/null || true
+    rm -f "$carry"/tests/cuda/*.o "$carry"/tests/cuda/*.d
+    # Every shared library but the C library and CUDA's own (the machine has those).
+    ldd build-cuda/vlft "$carry"/tests/cuda/* | awk '/=> \//{print $3}' | sort -u |
+        grep -v -E '/(libc|libm|libdl|librt|libpthread|ld-linux[^/]*)\.so|libcuda|libcudart|libcublas' >"$carry/libs.txt"
+    mkdir -p "$carry/lib"
+    while read -r lib; do cp -L "$lib" "$carry/lib/"; done <"$carry/libs.txt"
+    tar -C "$carry" -cJf "$carry/lib.tar.xz" lib && rm -rf "$carry/lib"
+    du -sh "$carry"
+    exit 0
+fi
+
+stages=${1:-info,parity,model,train,bench-lora}
+out=${OUT:-/tmp/vlft-device}
+mkdir -p "$out"
+has() { case ",$stages," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
+mkdir -p /tmp/vlft-lib && tar -C /tmp/vlft-lib -xJf "$carry/lib.tar.xz"
+cuda_libs=$(ls -d /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib 2>/dev/null | tr '\n' ':')
+pip_libs=$(python3 -c 'import nvidia, os; b = os.path.dirname(nvidia.__path__[0]); print(":".join(os.path.join(r, d) for r, ds, _ in os.walk(os.path.join(b, "nvidia")) for d in ds if d == "lib"))' 2>/dev/null)
+export LD_LIBRARY_PATH="/tmp/vlft-lib/lib:${cuda_libs}${pip_libs}:${LD_LIBRARY_PATH:-}"
+export VLFT_BIN="$root/$carry/vlft" VLFT_BUILD="$root/$carry" PYTHONUNBUFFERED=1
+export TMPDIR=/tmp
+summary="$out/summary.txt"
+: >"$summary"
+note() { echo "$*" | tee -a "$summary"; }
+
+if has info; then
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$out/gpu.txt"
+    missing=$(ldd "$VLFT_BIN" | grep 'not found')
+    [ -n "$missing" ] && note "MISSING LIBS: $missing"
+    note "cuda-info: $("$VLFT_BIN" _cuda-info 2>&1) (rc $?)"
+fi
+if has parity; then
+    for p in kernel_parity attention_parity; do
+        timeout 240 "$carry/tests/cuda/$p" >"$out/$p.txt" 2>&1
+        note "$p: rc $? -- $(tail -1 "$out/$p.txt")"
+        grep -E '^FAIL' "$out/$p.txt" | head -20 | tee -a "$summary"
+    done
+    grep -iE 'ms|TFLOP' "$out/attention_parity.txt" | tail -8 | tee -a "$summary"
+fi
+if has model; then
+    timeout 420 python3 tests/python/runner.py "$carry" test_cuda_step >"$out/model.txt" 2>&1
+    note "model vs reference: $(tail -1 "$out/model.txt")"
+    grep -E '^(FAIL|ok|SKIP)|images|Error|assert' "$out/model.txt" | head -40 | tee -a "$summary"
+fi
+if has train; then
+    timeout 420 python3 tests/python/runner.py "$carry" test_cuda_training >"$out/train.txt" 2>&1
+    note "train cpu vs gpu: $(tail -1 "$out/train.txt")"
+    grep -E '^(FAIL|ok|SKIP|cpu|gpu)|Error|assert' "$out/train.txt" | head -20 | tee -a "$summary"
+fi
+if has bench-lora || has bench-full; then
+    start=$(date +%s)
+    [ -d /tmp/yi6b ] || "$VLFT_BIN" init-tiny /tmp/yi6b --preset yi-vl-6b >"$out/init.txt" 2>&1
+    note "init-tiny yi-vl-6b: $(( $(date +%s) - start )) s"
+    if has bench-lora; then
+        timeout 400 python3 bench/cuda/yi_vl_6b.py --model /tmp/yi6b --mode lora --cases "${BENCH_CASES:-demo1,demo4,long1}" \
+            --checkpointing "${BENCH_CKPT:-1,0}" --out "$out/bench_lora.json" >"$out/bench_lora.txt" 2>&1
+        tail -8 "$out/bench_lora.txt" | tee -a "$summary"
+    fi
+    if has bench-full; then
+        timeout 400 python3 bench/cuda/yi_vl_6b.py --model /tmp/yi6b --mode full --cases "${BENCH_CASES_FULL:-demo1,demo4}" \
+            --checkpointing 1 --out "$out/bench_full.json" >"$out/bench_full.txt" 2>&1
+        tail -6 "$out/bench_full.txt" | tee -a "$summary"
+    fi
+fi
+echo "== summary"
+cat "$summary"
