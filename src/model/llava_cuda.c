@@ -601,6 +601,7 @@ int llava_cuda_run(LlavaModel *m, const LlavaBatch *b, int mode, float grad_scal
     const int32_t *head_targets = logits_out ? targets : row_targets;
 
     DevArena *K = &d->kept, *W = &d->work;
+    DevTextActs *ta = NULL;
     int32_t *d_ids = dev_arena_alloc(d, K, sizeof(int32_t) * (size_t)N);
     int32_t *d_mask = b->attention_mask ? dev_arena_alloc(d, K, sizeof(int32_t) * (size_t)N) : NULL;
     int32_t *d_image_index = dev_arena_alloc(d, K, sizeof(int32_t) * (size_t)(image_rows + 1));
@@ -640,7 +641,7 @@ int llava_cuda_run(LlavaModel *m, const LlavaBatch *b, int mode, float grad_scal
     if (image_rows) cuda_rows_scatter(d->s, x, d_image_index, features, image_rows, C);
     dev_arena_release(W, (DevMark){0});  // pixels and tower scratch (and a frozen projector's values) go
 
-    DevTextActs *ta = calloc((size_t)tc->num_hidden_layers + 1, sizeof(DevTextActs));
+    ta = calloc((size_t)tc->num_hidden_layers + 1, sizeof(DevTextActs));
     if (!ta) {
         error_set(&d->error, "out of memory");
         d->failed = 1;
@@ -665,17 +666,14 @@ int llava_cuda_run(LlavaModel *m, const LlavaBatch *b, int mode, float grad_scal
         }
         h = next;
     }
-    if (d->failed) {
-        free(ta);
-        goto fail;
-    }
+    if (d->failed) goto fail;
     // ---- head
     uint16_t *xf = ah(d, W, (size_t)N * C);
     float *rstdf = af(d, K, N);
     uint16_t *head_in = logits_out ? xf : ah(d, W, (size_t)(rows + 1) * C);
     float *logits = af(d, W, (size_t)(rows + 1) * V), *loss_rows = af(d, W, (size_t)rows + 1);
     uint16_t *dlogits = train ? ah(d, W, (size_t)(rows + 1) * V) : NULL;
-    if (d->failed) goto fail_layers;
+    if (d->failed) goto fail;
     cuda_rmsnorm_forward(d->s, xf, 1, rstdf, h, dev(m, m->final_norm)->f32, N, C, (float)tc->rms_norm_eps);
     if (!logits_out && rows > 0) cuda_rows_gather(d->s, head_in, xf, d_row_index, rows, C, 2);
     DevLinCache head_cache = {0};
@@ -694,18 +692,18 @@ int llava_cuda_run(LlavaModel *m, const LlavaBatch *b, int mode, float grad_scal
         // ---- backward. The head's buffers (work) go once dh is made; dh and
         // dprev then sit at the bottom of work, under each layer's scratch.
         float *dhead = af(d, W, (size_t)rows * C), *dxf = af(d, W, (size_t)N * C);
-        if (d->failed) goto fail_layers;
+        if (d->failed) goto fail;
         lin_backward(m, &m->lm_head, dhead, 0, 0.0f, dlogits, head_in, rows, &head_cache);
         cuda_zero(d->ctx, dxf, sizeof(float) * (size_t)N * C);
         cuda_rows_scatter(d->s, dxf, d_row_index, dhead, rows, C);
         float *dh = af(d, K, (size_t)N * C);  // above every layer: freed with the step
-        if (d->failed) goto fail_layers;
+        if (d->failed) goto fail;
         DevWeight *fn = dev(m, m->final_norm);
         cuda_rmsnorm_backward(d->s, dh, 0, fn->grad, dxf, h, rstdf, fn->f32, N, C);
         dev_arena_release(W, (DevMark){0});
         float *dprev = af(d, W, (size_t)N * C);
         float *dcur = af(d, W, (size_t)N * C);
-        if (d->failed) goto fail_layers;
+        if (d->failed) goto fail;
         cudaMemcpyAsync(dcur, dh, sizeof(float) * (size_t)N * C, cudaMemcpyDeviceToDevice, d->s);
         dh = dcur;
         int need_input_grad = m->embed_trainable || (image_rows && projector_keep);
@@ -731,25 +729,24 @@ int llava_cuda_run(LlavaModel *m, const LlavaBatch *b, int mode, float grad_scal
         if (et->grad) cuda_embedding_backward(d->s, et->grad, dh, d_ids, d_is_image, N, C);
         if (image_rows && projector_keep) {
             float *dfeat = af(d, W, (size_t)image_rows * C);
-            if (d->failed) goto fail_layers;
+            if (d->failed) goto fail;
             cuda_rows_gather(d->s, dfeat, dh, d_image_index, image_rows, C, 4);
             projector_backward(m, &proj, dfeat, image_rows);
         }
     }
-    free(ta);
     if (cuda_sync(d->ctx, err) != 0) goto fail_quiet;
     if (d->failed) goto fail;
+    free(ta);
     m->stats.activations_peak = d->kept.peak + d->work.peak;
     m->stats.activations_arena = dev_arena_capacity(&d->kept) + dev_arena_capacity(&d->work);
     free(host_i32);
     free(is_image);
     return 0;
-fail_layers:
-    free(ta);
 fail:
     if (d->failed) error_set(err, "%s", d->error.message);
     else error_set(err, "cuda: the step failed");
 fail_quiet:
+    free(ta);
     free(host_i32);
     free(is_image);
     return -1;
