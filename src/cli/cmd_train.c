@@ -12,11 +12,13 @@
 #include "commands.h"
 
 static void usage(FILE *out) {
-    fprintf(out, "usage: vlft train [--print-config] RECIPE.yaml\n\n"
+    fprintf(out, "usage: vlft train [--print-config] [--device auto|cpu|cuda] RECIPE.yaml\n\n"
                  "Runs supervised fine-tuning with LLaMA-Factory's YAML keys (stage sft; finetuning_type lora, full\n"
                  "or freeze). Writes the adapter or the full weights, checkpoint-N folders, trainer_log.jsonl,\n"
                  "all_results.json and training_loss.png into output_dir.\n"
                  "--print-config  print the resolved recipe (every key, defaults filled in) and exit\n"
+                 "--device D      where to train, overriding the recipe's device key: auto (default: the GPU\n"
+                 "                when this vlft was built with `make CUDA=1` and one is there), cpu, cuda\n"
                  "--log-updates FILE   append one JSON line per optimizer update (full-precision loss, lr,\n"
                  "                     grad_norm) to FILE, for comparisons with a reference\n"
                  "--save-initial DIR   write the trainable weights as they are before the first update\n");
@@ -69,7 +71,7 @@ int command_train(int argc, char **argv) {
 
 static int train_with_comm(Comm *comm, int argc, char **argv) {
     int rank = comm_rank(comm);
-    const char *path = NULL, *log_updates = NULL, *save_initial = NULL;
+    const char *path = NULL, *log_updates = NULL, *save_initial = NULL, *device = NULL;
     int print_config = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
@@ -79,6 +81,7 @@ static int train_with_comm(Comm *comm, int argc, char **argv) {
         if (strcmp(argv[i], "--print-config") == 0) print_config = 1;
         else if (strcmp(argv[i], "--log-updates") == 0 && i + 1 < argc) log_updates = argv[++i];
         else if (strcmp(argv[i], "--save-initial") == 0 && i + 1 < argc) save_initial = argv[++i];
+        else if (strcmp(argv[i], "--device") == 0 && i + 1 < argc) device = argv[++i];
         else if (argv[i][0] == '-') {
             fprintf(stderr, "vlft train: unknown option '%s'\n", argv[i]);
             return EXIT_USAGE;
@@ -95,6 +98,10 @@ static int train_with_comm(Comm *comm, int argc, char **argv) {
     Recipe recipe;
     Error err;
     if (recipe_load(&recipe, path, rank == 0 ? stderr : NULL, &err) != 0) return fail(comm, err.message, EXIT_BAD_INPUT);
+    if (device) {  // --device overrides the recipe's device key
+        free(recipe.device);
+        recipe.device = strdup(device);
+    }
     if (recipe_validate(&recipe, path, &err) != 0) {
         recipe_free(&recipe);
         return fail(comm, err.message, EXIT_BAD_INPUT);
@@ -120,6 +127,7 @@ static int train_with_comm(Comm *comm, int argc, char **argv) {
     options.comm = comm;
     options.progress = rank == 0;
     if (resume[0] && rank == 0) fprintf(stderr, "resuming from %s\n", resume);
+    if (rank == 0 && llava_on_device(session.model)) fprintf(stderr, "device: %s\n", llava_device_name(session.model));
     TrainModel model = sft_train_model(&session);
     FILE *updates = NULL;
     if (rc == 0 && save_initial && rank == 0) rc = model.save_weights(model.ctx, save_initial, &err);
