@@ -314,12 +314,437 @@ static void simple_backward(cudaStream_t s, uint16_t *dq, uint16_t *dk, uint16_t
     check_launch("simple_dkv_kernel");
 }
 
+// ------------------------------------------------------------ flash
+//
+// FlashAttention-2 on tensor cores through nvcuda::wmma (bf16 16x16x16
+// fragments, fp32 accumulators). A block is FLASH_WARPS = 4 warps and works
+// on 64 x 64 tiles (query rows x keys); warp w owns rows 16w..16w+15 of a
+// tile. wmma hides which thread holds which accumulator element, so the
+// per-row work (masking, online softmax, rescaling) goes through shared
+// memory: products are stored to fp32 tiles, the warp's lanes walk its own
+// rows, and bf16 tiles are written back for the next product. D (the head
+// size, a multiple of 16 up to 128) is a template argument so that the
+// fragment loops unroll. Tiles of rows and keys beyond L are zero-filled
+// and masked off.
+//
+// Forward: block = (b, h, query tile); Q tile and its fragments loaded once;
+//   loop over key tiles (up to the diagonal when causal, tiles with no
+//   visible key skipped): S = Q K^T -> mask, online softmax (running max m
+//   and sum l in registers, O rescaled in shared memory) -> O += P V.
+// Backward: block = (b, h, key tile); K, V tiles loaded once; dK, dV of the
+//   tile's 64 keys accumulate in fragments (registers) over every query tile
+//   that sees them (from the diagonal when causal): S = Q K^T, dP = dO V^T,
+//   P = exp(scale S - lse), dS = P (dP - delta) scale; dV += P^T dO,
+//   dK += dS^T Q; dQ (tile) = dS K is added into the fp32 workspace with
+//   atomicAdd. At the end the block's dK, dV are atomically added into the
+//   fp32 workspace too (the group's query heads share a KV head), and a last
+//   kernel rounds dq, dk, dv to bf16.
+
+#include <mma.h>
+
+enum { FLASH_WARPS = 4, FLASH_TILE = 64 };  // rows and keys per tile (16 per warp)
+
+typedef __nv_bfloat16 bf16;
+namespace wmma = nvcuda::wmma;
+typedef wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> FragA;
+typedef wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::col_major> FragAT;  // a transposed tile
+typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> FragB;
+typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> FragBT;  // B = (row-major tile)^T
+typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> FragC;
+
+// Shared-memory row strides (elements). Padded against bank conflicts; wmma
+// needs strides of a multiple of 16 bytes and fragment pointers 32-byte
+// aligned, which these give for rows and columns that are multiples of 16.
+template <int D> struct FlashLayout {
+    static const int LD_ROW = D + 8;              // bf16 [64][D] tiles: Q, K, V, dO
+    static const int LD_S = FLASH_TILE + 4;       // fp32 [64][64] tiles: S, dP
+    static const int LD_P = FLASH_TILE + 8;       // bf16 [64][64] tiles: P, dS
+    static const int LD_O = D + 4;                // fp32 [64][D] tiles: O, dQ, dK, dV
+    static const size_t ROW_TILE = sizeof(bf16) * FLASH_TILE * LD_ROW;
+    static const size_t S_TILE = sizeof(float) * FLASH_TILE * LD_S;
+    static const size_t P_TILE = sizeof(bf16) * FLASH_TILE * LD_P;
+    static const size_t O_TILE = sizeof(float) * FLASH_TILE * LD_O;
+    // forward: Q, K, V | S | P | O | key_ok[64]
+    static const size_t FORWARD_BYTES = 3 * ROW_TILE + S_TILE + P_TILE + O_TILE + sizeof(int) * FLASH_TILE;
+    // backward: K, V, Q, dO | scratch (S and dP, later dQ, dK, dV) | P, dS | lse, delta, key_ok [64]
+    static const size_t SCRATCH = 2 * S_TILE > O_TILE ? 2 * S_TILE : O_TILE;
+    static const size_t BACKWARD_BYTES = 4 * ROW_TILE + SCRATCH + 2 * P_TILE + 3 * sizeof(float) * FLASH_TILE;
+};
+
+// dst [64][ld] (shared) = rows r0 .. r0+63 of src (row stride `stride`
+// elements, D per row), rows >= L zero; 16 bytes per thread and step.
+template <int D>
+static __device__ __forceinline__ void load_row_tile(bf16 *dst, int ld, const uint16_t *src, size_t stride, int r0,
+                                                     int L) {
+    const int chunks = D / 8;  // 16-byte pieces per row
+    for (int idx = threadIdx.x; idx < FLASH_TILE * chunks; idx += FLASH_WARPS * 32) {
+        int r = idx / chunks, c = idx % chunks;
+        uint4 value = make_uint4(0u, 0u, 0u, 0u);
+        if (r0 + r < L) value = *(const uint4 *)(src + (size_t)(r0 + r) * stride + c * 8);
+        *(uint4 *)(dst + r * ld + c * 8) = value;
+    }
+}
+
+template <int D>
+__global__ void __launch_bounds__(FLASH_WARPS * 32)
+    flash_forward_kernel(uint16_t *out, float *lse, const uint16_t *q, const uint16_t *k, const uint16_t *v,
+                         const int32_t *key_mask, int L, int Hq, int Hkv, int causal, float scale) {
+    typedef FlashLayout<D> Lay;
+    const int LD_ROW = Lay::LD_ROW, LD_S = Lay::LD_S, LD_P = Lay::LD_P, LD_O = Lay::LD_O;
+    extern __shared__ __align__(128) unsigned char smem[];
+    bf16 *sQ = (bf16 *)smem, *sK = sQ + FLASH_TILE * LD_ROW, *sV = sK + FLASH_TILE * LD_ROW;
+    float *sS = (float *)(sV + FLASH_TILE * LD_ROW);
+    bf16 *sP = (bf16 *)(sS + FLASH_TILE * LD_S);
+    float *sO = (float *)(sP + FLASH_TILE * LD_P);
+    int *key_ok = (int *)(sO + FLASH_TILE * LD_O);
+
+    int b = blockIdx.x / Hq, h = blockIdx.x % Hq, g = h / (Hq / Hkv);
+    int i0 = (gridDim.y - 1 - blockIdx.y) * FLASH_TILE;  // the longest (last) query tiles start first
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    size_t qs = (size_t)Hq * D, ks = (size_t)Hkv * D;
+    const uint16_t *Q = q + (size_t)b * L * qs + (size_t)h * D;
+    const uint16_t *K = k + (size_t)b * L * ks + (size_t)g * D, *V = v + (size_t)b * L * ks + (size_t)g * D;
+    const int32_t *mask_row = key_mask ? key_mask + (size_t)b * L : NULL;
+
+    load_row_tile<D>(sQ, LD_ROW, Q, qs, i0, L);
+    for (int idx = threadIdx.x; idx < FLASH_TILE * LD_O; idx += FLASH_WARPS * 32) sO[idx] = 0.0f;
+    __syncthreads();
+    FragA q_frag[D / 16];  // this warp's 16 query rows, all of D
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) wmma::load_matrix_sync(q_frag[kk], sQ + warp * 16 * LD_ROW + kk * 16, LD_ROW);
+    float m[16], l[16];  // running max and sum of exp(s - m) of the warp's rows (same in every lane)
+#pragma unroll
+    for (int r = 0; r < 16; r++) {
+        m[r] = -INFINITY;
+        l[r] = 0.0f;
+    }
+
+    int key_end = causal ? min(L, i0 + FLASH_TILE) : L;
+    for (int j0 = 0; j0 < key_end; j0 += FLASH_TILE) {
+        int ok = 0;
+        if (threadIdx.x < FLASH_TILE) {
+            int j = j0 + threadIdx.x;
+            ok = j < L && (mask_row == NULL || mask_row[j] != 0);
+            key_ok[threadIdx.x] = ok;
+        }
+        if (!__syncthreads_or(ok)) continue;  // every key of the tile masked
+        load_row_tile<D>(sK, LD_ROW, K, ks, j0, L);
+        load_row_tile<D>(sV, LD_ROW, V, ks, j0, L);
+        __syncthreads();
+
+        // S (warp rows x 64 keys) = Q K^T
+#pragma unroll
+        for (int n = 0; n < FLASH_TILE / 16; n++) {
+            FragC acc;
+            wmma::fill_fragment(acc, 0.0f);
+#pragma unroll
+            for (int kk = 0; kk < D / 16; kk++) {
+                FragBT kt;
+                wmma::load_matrix_sync(kt, sK + n * 16 * LD_ROW + kk * 16, LD_ROW);
+                wmma::mma_sync(acc, q_frag[kk], kt, acc);
+            }
+            wmma::store_matrix_sync(sS + warp * 16 * LD_S + n * 16, acc, LD_S, wmma::mem_row_major);
+        }
+        __syncwarp();
+
+        // Online softmax of the warp's rows; lane c takes keys c and c + 32.
+#pragma unroll
+        for (int r = 0; r < 16; r++) {
+            int row = warp * 16 + r, i = i0 + row;
+            float s[2], tile_max = -INFINITY;
+            for (int half = 0; half < 2; half++) {
+                int c = lane + 32 * half, j = j0 + c;
+                int visible = key_ok[c] && (!causal || j <= i);
+                s[half] = visible ? sS[row * LD_S + c] * scale : -INFINITY;
+                tile_max = fmaxf(tile_max, s[half]);
+            }
+            tile_max = warp_max(tile_max);
+            float m_new = fmaxf(m[r], tile_max), alpha = 1.0f, p[2] = {0.0f, 0.0f};
+            if (m_new != -INFINITY) {  // else nothing seen yet: p = 0, O stays 0
+                alpha = __expf(m[r] - m_new);
+                for (int half = 0; half < 2; half++)
+                    if (s[half] != -INFINITY) p[half] = __expf(s[half] - m_new);
+            }
+            l[r] = l[r] * alpha + warp_sum(p[0] + p[1]);
+            m[r] = m_new;
+            sP[row * LD_P + lane] = __float2bfloat16(p[0]);
+            sP[row * LD_P + lane + 32] = __float2bfloat16(p[1]);
+            if (alpha != 1.0f)
+                for (int d = lane; d < D; d += 32) sO[row * LD_O + d] *= alpha;
+        }
+        __syncwarp();
+
+        // O (warp rows x D) += P V
+#pragma unroll
+        for (int n = 0; n < D / 16; n++) {
+            FragC acc;
+            float *o_tile = sO + warp * 16 * LD_O + n * 16;
+            wmma::load_matrix_sync(acc, o_tile, LD_O, wmma::mem_row_major);
+#pragma unroll
+            for (int kk = 0; kk < FLASH_TILE / 16; kk++) {
+                FragA pa;
+                FragB vb;
+                wmma::load_matrix_sync(pa, sP + warp * 16 * LD_P + kk * 16, LD_P);
+                wmma::load_matrix_sync(vb, sV + kk * 16 * LD_ROW + n * 16, LD_ROW);
+                wmma::mma_sync(acc, pa, vb, acc);
+            }
+            wmma::store_matrix_sync(o_tile, acc, LD_O, wmma::mem_row_major);
+        }
+        __syncthreads();  // every warp done with sK, sV, key_ok before the next tile rewrites them
+    }
+
+#pragma unroll
+    for (int r = 0; r < 16; r++) {
+        int row = warp * 16 + r, i = i0 + row;
+        if (i >= L) continue;
+        float inv = m[r] == -INFINITY ? 0.0f : 1.0f / l[r];  // no visible key: out = 0
+        uint16_t *out_row = out + ((size_t)b * L + i) * qs + (size_t)h * D;
+        for (int d = lane; d < D; d += 32) out_row[d] = f32_to_bf16(sO[row * LD_O + d] * inv);
+        if (lane == 0) lse[((size_t)b * Hq + h) * L + i] = m[r] == -INFINITY ? INFINITY : m[r] + logf(l[r]);
+    }
+}
+
+// Adds the warp's 16 rows x D of an fp32 shared tile into dst rows r0 + 16w ..
+// (row stride `stride`), skipping rows >= L.
+template <int D>
+static __device__ __forceinline__ void atomic_add_rows(float *dst, size_t stride, const float *tile, int ld, int r0,
+                                                       int L) {
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    for (int r = 0; r < 16; r++) {
+        int row = warp * 16 + r;
+        if (r0 + row >= L) break;
+        for (int d = lane; d < D; d += 32) atomicAdd(dst + (size_t)(r0 + row) * stride + d, tile[row * ld + d]);
+    }
+}
+
+template <int D>
+__global__ void __launch_bounds__(FLASH_WARPS * 32)
+    flash_backward_kernel(float *dq_acc, float *dk_acc, float *dv_acc, const uint16_t *dout, const float *lse,
+                          const float *delta, const uint16_t *q, const uint16_t *k, const uint16_t *v,
+                          const int32_t *key_mask, int L, int Hq, int Hkv, int causal, float scale) {
+    typedef FlashLayout<D> Lay;
+    const int LD_ROW = Lay::LD_ROW, LD_S = Lay::LD_S, LD_P = Lay::LD_P, LD_O = Lay::LD_O;
+    extern __shared__ __align__(128) unsigned char smem[];
+    bf16 *sK = (bf16 *)smem, *sV = sK + FLASH_TILE * LD_ROW, *sQ = sV + FLASH_TILE * LD_ROW;
+    bf16 *sdO = sQ + FLASH_TILE * LD_ROW;
+    float *scratch = (float *)(sdO + FLASH_TILE * LD_ROW);
+    float *sS = scratch, *sdP = scratch + FLASH_TILE * LD_S, *sOut = scratch;  // sOut: dQ, dK, dV tiles
+    bf16 *sP = (bf16 *)(smem + 4 * Lay::ROW_TILE + Lay::SCRATCH), *sdS = sP + FLASH_TILE * LD_P;
+    float *s_lse = (float *)(sdS + FLASH_TILE * LD_P), *s_delta = s_lse + FLASH_TILE;
+    int *key_ok = (int *)(s_delta + FLASH_TILE);
+
+    int b = blockIdx.x / Hq, h = blockIdx.x % Hq, g = h / (Hq / Hkv);
+    int j0 = blockIdx.y * FLASH_TILE;  // the first key tiles (most query tiles under causal) start first
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    size_t qs = (size_t)Hq * D, ks = (size_t)Hkv * D;
+    const uint16_t *Q = q + (size_t)b * L * qs + (size_t)h * D, *dO = dout + (size_t)b * L * qs + (size_t)h * D;
+    const uint16_t *K = k + (size_t)b * L * ks + (size_t)g * D, *V = v + (size_t)b * L * ks + (size_t)g * D;
+    const float *row_lse = lse + ((size_t)b * Hq + h) * L, *row_delta = delta + ((size_t)b * Hq + h) * L;
+
+    int ok = 0;
+    if (threadIdx.x < FLASH_TILE) {
+        int j = j0 + threadIdx.x;
+        ok = j < L && (key_mask == NULL || key_mask[(size_t)b * L + j] != 0);
+        key_ok[threadIdx.x] = ok;
+    }
+    if (!__syncthreads_or(ok)) return;  // no visible key: dK, dV stay 0, nothing for dQ
+    load_row_tile<D>(sK, LD_ROW, K, ks, j0, L);
+    load_row_tile<D>(sV, LD_ROW, V, ks, j0, L);
+
+    FragC dk_frag[D / 16], dv_frag[D / 16];  // the warp's 16 keys x D
+#pragma unroll
+    for (int n = 0; n < D / 16; n++) {
+        wmma::fill_fragment(dk_frag[n], 0.0f);
+        wmma::fill_fragment(dv_frag[n], 0.0f);
+    }
+
+    for (int i0 = causal ? j0 : 0; i0 < L; i0 += FLASH_TILE) {  // FLASH_TILE rows = keys per tile
+        __syncthreads();  // the previous tile's readers are done (and K, V are loaded)
+        load_row_tile<D>(sQ, LD_ROW, Q, qs, i0, L);
+        load_row_tile<D>(sdO, LD_ROW, dO, qs, i0, L);
+        if (threadIdx.x < FLASH_TILE) {
+            int i = i0 + threadIdx.x;
+            s_lse[threadIdx.x] = i < L ? row_lse[i] : INFINITY;  // +inf: the row passes no gradient
+            s_delta[threadIdx.x] = i < L ? row_delta[i] : 0.0f;
+        }
+        __syncthreads();
+
+        // S = Q K^T and dP = dO V^T for the warp's 16 query rows x 64 keys.
+#pragma unroll
+        for (int n = 0; n < FLASH_TILE / 16; n++) {
+            FragC s_acc, dp_acc;
+            wmma::fill_fragment(s_acc, 0.0f);
+            wmma::fill_fragment(dp_acc, 0.0f);
+#pragma unroll
+            for (int kk = 0; kk < D / 16; kk++) {
+                FragA a;
+                FragBT bt;
+                wmma::load_matrix_sync(a, sQ + warp * 16 * LD_ROW + kk * 16, LD_ROW);
+                wmma::load_matrix_sync(bt, sK + n * 16 * LD_ROW + kk * 16, LD_ROW);
+                wmma::mma_sync(s_acc, a, bt, s_acc);
+                wmma::load_matrix_sync(a, sdO + warp * 16 * LD_ROW + kk * 16, LD_ROW);
+                wmma::load_matrix_sync(bt, sV + n * 16 * LD_ROW + kk * 16, LD_ROW);
+                wmma::mma_sync(dp_acc, a, bt, dp_acc);
+            }
+            wmma::store_matrix_sync(sS + warp * 16 * LD_S + n * 16, s_acc, LD_S, wmma::mem_row_major);
+            wmma::store_matrix_sync(sdP + warp * 16 * LD_S + n * 16, dp_acc, LD_S, wmma::mem_row_major);
+        }
+        __syncwarp();
+
+        // P = exp(scale S - lse), dS = P (dP - delta) scale on the warp's rows.
+        for (int r = 0; r < 16; r++) {
+            int row = warp * 16 + r, i = i0 + row;
+            float row_l = s_lse[row], row_d = s_delta[row];
+            for (int half = 0; half < 2; half++) {
+                int c = lane + 32 * half, j = j0 + c;
+                int visible = row_l != INFINITY && key_ok[c] && (!causal || j <= i);
+                float p = visible ? __expf(sS[row * LD_S + c] * scale - row_l) : 0.0f;
+                float ds = visible ? p * (sdP[row * LD_S + c] - row_d) * scale : 0.0f;
+                sP[row * LD_P + c] = __float2bfloat16(p);
+                sdS[row * LD_P + c] = __float2bfloat16(ds);
+            }
+        }
+        __syncthreads();  // every row of P, dS written; S, dP no longer read (sOut may reuse them)
+
+        // dV (warp keys x D) += P^T dO, dK += dS^T Q over the tile's 64 query rows.
+#pragma unroll
+        for (int kk = 0; kk < FLASH_TILE / 16; kk++) {
+            FragAT pt, dst;
+            wmma::load_matrix_sync(pt, sP + kk * 16 * LD_P + warp * 16, LD_P);
+            wmma::load_matrix_sync(dst, sdS + kk * 16 * LD_P + warp * 16, LD_P);
+#pragma unroll
+            for (int n = 0; n < D / 16; n++) {
+                FragB bm;
+                wmma::load_matrix_sync(bm, sdO + kk * 16 * LD_ROW + n * 16, LD_ROW);
+                wmma::mma_sync(dv_frag[n], pt, bm, dv_frag[n]);
+                wmma::load_matrix_sync(bm, sQ + kk * 16 * LD_ROW + n * 16, LD_ROW);
+                wmma::mma_sync(dk_frag[n], dst, bm, dk_frag[n]);
+            }
+        }
+
+        // dQ (warp rows x D) = dS K, added into the fp32 workspace.
+#pragma unroll
+        for (int n = 0; n < D / 16; n++) {
+            FragC acc;
+            wmma::fill_fragment(acc, 0.0f);
+#pragma unroll
+            for (int kk = 0; kk < FLASH_TILE / 16; kk++) {
+                FragA a;
+                FragB bm;
+                wmma::load_matrix_sync(a, sdS + warp * 16 * LD_P + kk * 16, LD_P);
+                wmma::load_matrix_sync(bm, sK + kk * 16 * LD_ROW + n * 16, LD_ROW);
+                wmma::mma_sync(acc, a, bm, acc);
+            }
+            wmma::store_matrix_sync(sOut + warp * 16 * LD_O + n * 16, acc, LD_O, wmma::mem_row_major);
+        }
+        __syncwarp();
+        atomic_add_rows<D>(dq_acc + (size_t)b * L * qs + (size_t)h * D, qs, sOut, LD_O, i0, L);
+    }
+
+    // The block's dK, dV into the workspace (shared by the group's heads).
+    __syncthreads();
+    float *dK = dk_acc + (size_t)b * L * ks + (size_t)g * D, *dV = dv_acc + (size_t)b * L * ks + (size_t)g * D;
+#pragma unroll
+    for (int n = 0; n < D / 16; n++)
+        wmma::store_matrix_sync(sOut + warp * 16 * LD_O + n * 16, dk_frag[n], LD_O, wmma::mem_row_major);
+    __syncwarp();
+    atomic_add_rows<D>(dK, ks, sOut, LD_O, j0, L);
+    __syncwarp();
+#pragma unroll
+    for (int n = 0; n < D / 16; n++)
+        wmma::store_matrix_sync(sOut + warp * 16 * LD_O + n * 16, dv_frag[n], LD_O, wmma::mem_row_major);
+    __syncwarp();
+    atomic_add_rows<D>(dV, ks, sOut, LD_O, j0, L);
+}
+
+// dst[i] = bf16(src[i]) for the accumulated gradients.
+__global__ void bf16_from_f32_kernel(uint16_t *dst, const float *src, size_t n) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        dst[i] = f32_to_bf16(src[i]);
+}
+
+static void bf16_from_f32(cudaStream_t s, uint16_t *dst, const float *src, size_t n) {
+    size_t blocks = (n + 255) / 256;
+    if (blocks > 65536) blocks = 65536;
+    bf16_from_f32_kernel<<<(unsigned int)blocks, 256, 0, s>>>(dst, src, n);
+    check_launch("bf16_from_f32_kernel");
+}
+
+template <int D>
+static void flash_forward(cudaStream_t s, uint16_t *out, float *lse, const uint16_t *q, const uint16_t *k,
+                          const uint16_t *v, const int32_t *key_mask, int B, int L, int Hq, int Hkv, int causal,
+                          float scale) {
+    size_t bytes = FlashLayout<D>::FORWARD_BYTES;
+    cudaFuncSetAttribute(flash_forward_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
+    dim3 grid((unsigned int)(B * Hq), (unsigned int)((L + FLASH_TILE - 1) / FLASH_TILE));
+    flash_forward_kernel<D><<<grid, FLASH_WARPS * 32, bytes, s>>>(out, lse, q, k, v, key_mask, L, Hq, Hkv, causal,
+                                                                  scale);
+    check_launch("flash_forward_kernel");
+}
+
+template <int D>
+static void flash_backward(cudaStream_t s, uint16_t *dq, uint16_t *dk, uint16_t *dv, const uint16_t *dout,
+                           const float *lse, const AttentionWorkspace *w, const uint16_t *q, const uint16_t *k,
+                           const uint16_t *v, const int32_t *key_mask, int B, int L, int Hq, int Hkv, int causal,
+                           float scale) {
+    size_t n_q = (size_t)B * L * Hq * D, n_kv = (size_t)B * L * Hkv * D;
+    cudaMemsetAsync(w->dq, 0, sizeof(float) * n_q, s);
+    cudaMemsetAsync(w->dk, 0, sizeof(float) * n_kv, s);
+    cudaMemsetAsync(w->dv, 0, sizeof(float) * n_kv, s);
+    size_t bytes = FlashLayout<D>::BACKWARD_BYTES;
+    cudaFuncSetAttribute(flash_backward_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
+    dim3 grid((unsigned int)(B * Hq), (unsigned int)((L + FLASH_TILE - 1) / FLASH_TILE));
+    flash_backward_kernel<D><<<grid, FLASH_WARPS * 32, bytes, s>>>(w->dq, w->dk, w->dv, dout, lse, w->delta, q, k, v,
+                                                                   key_mask, L, Hq, Hkv, causal, scale);
+    check_launch("flash_backward_kernel");
+    bf16_from_f32(s, dq, w->dq, n_q);
+    bf16_from_f32(s, dk, w->dk, n_kv);
+    bf16_from_f32(s, dv, w->dv, n_kv);
+}
+
+// Runs the flash instance for D; 0 when there is none (D not a multiple of 16).
+static int flash_forward_for(int D, cudaStream_t s, uint16_t *out, float *lse, const uint16_t *q, const uint16_t *k,
+                             const uint16_t *v, const int32_t *key_mask, int B, int L, int Hq, int Hkv, int causal,
+                             float scale) {
+    switch (D) {
+    case 16: flash_forward<16>(s, out, lse, q, k, v, key_mask, B, L, Hq, Hkv, causal, scale); return 1;
+    case 32: flash_forward<32>(s, out, lse, q, k, v, key_mask, B, L, Hq, Hkv, causal, scale); return 1;
+    case 48: flash_forward<48>(s, out, lse, q, k, v, key_mask, B, L, Hq, Hkv, causal, scale); return 1;
+    case 64: flash_forward<64>(s, out, lse, q, k, v, key_mask, B, L, Hq, Hkv, causal, scale); return 1;
+    case 80: flash_forward<80>(s, out, lse, q, k, v, key_mask, B, L, Hq, Hkv, causal, scale); return 1;
+    case 96: flash_forward<96>(s, out, lse, q, k, v, key_mask, B, L, Hq, Hkv, causal, scale); return 1;
+    case 112: flash_forward<112>(s, out, lse, q, k, v, key_mask, B, L, Hq, Hkv, causal, scale); return 1;
+    case 128: flash_forward<128>(s, out, lse, q, k, v, key_mask, B, L, Hq, Hkv, causal, scale); return 1;
+    default: return 0;
+    }
+}
+
+static int flash_backward_for(int D, cudaStream_t s, uint16_t *dq, uint16_t *dk, uint16_t *dv, const uint16_t *dout,
+                              const float *lse, const AttentionWorkspace *w, const uint16_t *q, const uint16_t *k,
+                              const uint16_t *v, const int32_t *key_mask, int B, int L, int Hq, int Hkv, int causal,
+                              float scale) {
+    switch (D) {
+    case 16: flash_backward<16>(s, dq, dk, dv, dout, lse, w, q, k, v, key_mask, B, L, Hq, Hkv, causal, scale); return 1;
+    case 32: flash_backward<32>(s, dq, dk, dv, dout, lse, w, q, k, v, key_mask, B, L, Hq, Hkv, causal, scale); return 1;
+    case 48: flash_backward<48>(s, dq, dk, dv, dout, lse, w, q, k, v, key_mask, B, L, Hq, Hkv, causal, scale); return 1;
+    case 64: flash_backward<64>(s, dq, dk, dv, dout, lse, w, q, k, v, key_mask, B, L, Hq, Hkv, causal, scale); return 1;
+    case 80: flash_backward<80>(s, dq, dk, dv, dout, lse, w, q, k, v, key_mask, B, L, Hq, Hkv, causal, scale); return 1;
+    case 96: flash_backward<96>(s, dq, dk, dv, dout, lse, w, q, k, v, key_mask, B, L, Hq, Hkv, causal, scale); return 1;
+    case 112: flash_backward<112>(s, dq, dk, dv, dout, lse, w, q, k, v, key_mask, B, L, Hq, Hkv, causal, scale); return 1;
+    case 128: flash_backward<128>(s, dq, dk, dv, dout, lse, w, q, k, v, key_mask, B, L, Hq, Hkv, causal, scale); return 1;
+    default: return 0;
+    }
+}
+
 // ------------------------------------------------------------ entry points
 
 void cuda_attention_forward(cudaStream_t s, uint16_t *out, float *lse, const uint16_t *q, const uint16_t *k,
                             const uint16_t *v, const int32_t *key_mask, int B, int L, int Hq, int Hkv, int D,
                             int causal, float scale) {
     if (!attention_args_ok("cuda_attention_forward", q, k, v, B, L, Hq, Hkv, D)) return;
+    if (strcmp(cuda_attention_impl(D), "flash") == 0 &&
+        flash_forward_for(D, s, out, lse, q, k, v, key_mask, B, L, Hq, Hkv, causal, scale))
+        return;
     simple_forward(s, out, lse, q, k, v, key_mask, B, L, Hq, Hkv, D, causal, scale);
 }
 
@@ -332,5 +757,8 @@ void cuda_attention_backward(cudaStream_t s, uint16_t *dq, uint16_t *dk, uint16_
     workspace_layout(B, L, Hq, Hkv, D, workspace, &w);
     delta_kernel<<<warp_blocks((long)B * Hq * L), SIMPLE_WARPS * 32, 0, s>>>(w.delta, dout, out, B, L, Hq, D);
     check_launch("delta_kernel");
+    if (strcmp(cuda_attention_impl(D), "flash") == 0 &&
+        flash_backward_for(D, s, dq, dk, dv, dout, lse, &w, q, k, v, key_mask, B, L, Hq, Hkv, causal, scale))
+        return;
     simple_backward(s, dq, dk, dv, dout, lse, w.delta, q, k, v, key_mask, B, L, Hq, Hkv, D, causal, scale);
 }
