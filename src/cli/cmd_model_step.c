@@ -28,6 +28,9 @@ static void usage(FILE *out) {
             "  --grad-scale F          (default 1)\n"
             "  --gradient-checkpointing 0|1   recompute each decoder layer in the backward (default 0 here;\n"
             "                          training recipes default to 1 as LLaMA-Factory)\n"
+            "  --device cpu|cuda|auto  where the step runs (default cpu; cuda needs `make CUDA=1`)\n"
+            "  --update                after each step also run the AdamW update (lr 1e-5, clipping 1.0), as a\n"
+            "                          training step does (timed with it; on the GPU only)\n"
             "  --seed N --threads N\n"
             "  --repeat N              run the step N times and report the mean time\n"
             "  --save-full DIR --save-adapter DIR   save after the step (values unchanged)\n"
@@ -120,6 +123,10 @@ static int write_results(LlavaModel *model, const BatchFile *bf, const char *out
     }
     int n_params;
     const ParamRef *params = llava_params(model, &n_params);
+    if (llava_device_pull(model, LLAVA_SYNC_GRADS, NULL, err) != 0) {
+        free(logits);
+        return -1;
+    }
     TensorRef *refs = calloc((size_t)n_params + 2, sizeof(TensorRef));
     char **names = calloc((size_t)n_params + 1, sizeof(char *));
     refs[0] = (TensorRef){.name = "logits", .dtype = DTYPE_F32, .ndim = 3,
@@ -156,7 +163,7 @@ static int parse_double(const char *s, double *out) {
 
 int command_model_step(int argc, char **argv) {
     const char *positional[3] = {NULL, NULL, NULL};
-    int n_positional = 0, repeat = 1, list_params = 0;
+    int n_positional = 0, repeat = 1, list_params = 0, update = 0;
     const char *load_adapter = NULL, *save_full = NULL, *save_adapter = NULL;
     double grad_scale = 1.0;
     LlavaOptions o;
@@ -175,6 +182,9 @@ int command_model_step(int argc, char **argv) {
             continue;
         } else if (strcmp(a, "--bf16") == 0) {
             o.bf16 = 1;
+            continue;
+        } else if (strcmp(a, "--update") == 0) {
+            update = 1;
             continue;
         } else if (a[0] != '-') {
             if (n_positional == 3) {
@@ -222,6 +232,10 @@ int command_model_step(int argc, char **argv) {
             bad = parse_int(v, &o.gradient_checkpointing) || (o.gradient_checkpointing != 0 && o.gradient_checkpointing != 1);
         else if (strcmp(a, "--seed") == 0) bad = parse_int(v, &iv), o.seed = (uint64_t)iv;
         else if (strcmp(a, "--threads") == 0) bad = parse_int(v, &o.threads);
+        else if (strcmp(a, "--device") == 0) {
+            bad = strcmp(v, "cpu") != 0 && strcmp(v, "cuda") != 0 && strcmp(v, "auto") != 0;
+            snprintf(o.device, sizeof o.device, "%s", v);
+        }
         else if (strcmp(a, "--repeat") == 0) bad = parse_int(v, &repeat) || repeat < 1;
         else {
             fprintf(stderr, "vlft _model-step: unknown option '%s'\n", a);
@@ -271,6 +285,11 @@ int command_model_step(int argc, char **argv) {
         double s0 = now_seconds(), c0 = cpu_seconds();
         int fail = n_params ? llava_forward_backward(model, &bf.batch, (float)grad_scale, &loss, &err)
                             : llava_forward_loss(model, &bf.batch, &loss, NULL, &err);
+        if (!fail && update && n_params) {
+            AdamWScalars sc = adamw_scalars(0.9, 0.999, 1e-8, 0.0, r + 1, 1e-5);
+            double norm;
+            fail = llava_device_optimizer_step(model, &sc, 1.0, &norm, &err);
+        }
         double seconds = now_seconds() - s0, cpu = cpu_seconds() - c0;
         if (r == 0 || cpu < cpu_min) cpu_min = cpu;
         step_seconds += seconds;
@@ -279,17 +298,25 @@ int command_model_step(int argc, char **argv) {
     }
     LlavaMemoryStats ms;
     llava_memory_stats(model, &ms);
+    size_t gpu_weights = 0, gpu_peak = 0;
+    llava_device_memory(model, &gpu_weights, &gpu_peak);
     if (rc == EXIT_OK) {
         printf("{\"loss\": %.9g, \"step_seconds\": %.6f, \"step_seconds_min\": %.6f, \"step_cpu_seconds_min\": %.6f, \"load_seconds\": %.3f, \"repeat\": %d, "
                "\"gradient_checkpointing\": %d, \"activations_peak\": %zu, \"activations_kept_vision\": %zu, "
                "\"activations_kept_total\": %zu, \"activations_arena\": %zu, \"activations_arena_grows\": %d, "
-               "\"weights_owned\": %zu, \"weights_mapped\": %zu, \"grads\": %zu, \"max_rss\": %ld, \"compute\": \"%s\"}\n",
+               "\"weights_owned\": %zu, \"weights_mapped\": %zu, \"grads\": %zu, \"max_rss\": %ld, \"compute\": \"%s\", "
+               "\"device\": \"%s\", \"gpu_weights_bytes\": %zu, \"gpu_peak_bytes\": %zu, \"update\": %d}\n",
                loss, step_seconds / repeat, step_min, cpu_min, load_seconds, repeat, o.gradient_checkpointing,
                ms.activations_peak, ms.activations_kept_vision, ms.activations_kept_total, ms.activations_arena,
                ms.activations_arena_grows, ms.weights_owned, ms.weights_mapped, ms.grads, peak_rss_bytes(),
-               o.bf16 ? (gemm_bf16_impl() == BF16_GEMM_ONEDNN ? "bf16-onednn" : "bf16-fallback") : "fp32");
+               llava_on_device(model) ? "bf16-cuda"
+               : o.bf16               ? (gemm_bf16_impl() == BF16_GEMM_ONEDNN ? "bf16-onednn" : "bf16-fallback")
+                                      : "fp32",
+               llava_device_name(model), gpu_weights, gpu_peak, update);
     }
     if (rc == EXIT_OK && positional[2] && write_results(model, &bf, positional[2], loss, &err) != 0) rc = EXIT_BAD_INPUT;
+    if (rc == EXIT_OK && (save_full || save_adapter) && llava_device_pull(model, LLAVA_SYNC_VALUES, NULL, &err) != 0)
+        rc = EXIT_BAD_INPUT;
     if (rc == EXIT_OK && save_full && llava_save_full(model, save_full, 0, &err) != 0) rc = EXIT_BAD_INPUT;
     if (rc == EXIT_OK && save_adapter && llava_save_adapter(model, save_adapter, positional[0], &err) != 0)
         rc = EXIT_BAD_INPUT;

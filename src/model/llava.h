@@ -23,6 +23,7 @@
 
 #include "../base/error.h"
 #include "../base/rng.h"
+#include "../train/optimizer.h"
 #include "../train/params.h"
 #include "../train/recipe.h"
 #include "config.h"
@@ -50,6 +51,10 @@ typedef struct {
     // backward. Default 1, as LLaMA-Factory (disable_gradient_checkpointing: false).
     int gradient_checkpointing;
     int bf16;                              // bf16 products (recipe bf16: true), see llava_load.c
+    // Where the passes run: "cpu", "cuda" (the first GPU; needs a vlft built
+    // with `make CUDA=1`), or "auto" (cuda when built with it and a GPU is
+    // there, else cpu). On cuda the products are bf16 whatever `bf16` says.
+    char device[8];
 } LlavaOptions;
 
 // LLaMA-Factory's defaults (finetuning_type lora, rank 8, target all, ...).
@@ -132,6 +137,27 @@ int llava_load_adapter(LlavaModel *model, const char *adapter_dir, Error *err);
 
 // The generator LoRA dropout masks are drawn from (checkpoints save its state).
 Rng *llava_dropout_rng(LlavaModel *model);
+
+// ---- Device (options.device = cuda): weights, trainable tensors, their
+// gradients and AdamW moments live on the GPU; the host ParamRef values and
+// grads are NOT kept current there, so callers that read or write them go
+// through llava_device_pull / llava_device_push.
+// 1 when the passes run on a GPU.
+int llava_on_device(const LlavaModel *model);
+// "cpu", or the GPU's name and memory.
+const char *llava_device_name(const LlavaModel *model);
+// One AdamW update on the device (clipping to max_norm first when > 0), the
+// scalars from adamw_scalars(); *grad_norm = the norm before clipping.
+int llava_device_optimizer_step(LlavaModel *model, const AdamWScalars *scalars, double max_norm, double *grad_norm,
+                                Error *err);
+// what: LLAVA_SYNC_VALUES | LLAVA_SYNC_GRADS | LLAVA_SYNC_MOMENTS (into /
+// from opt's exp_avg / exp_avg_sq, per llava_params index; opt may be NULL
+// without MOMENTS). pull: device -> host; push: host -> device.
+enum { LLAVA_SYNC_VALUES = 1, LLAVA_SYNC_GRADS = 2, LLAVA_SYNC_MOMENTS = 4 };
+int llava_device_pull(LlavaModel *model, int what, AdamW *opt, Error *err);
+int llava_device_push(LlavaModel *model, int what, const AdamW *opt, Error *err);
+// GPU bytes: weights + trainable state, and the peak of everything held.
+void llava_device_memory(const LlavaModel *model, size_t *weights, size_t *peak);
 
 // ---- Layers: what ZeRO-3 gathers parameters by and gradient reductions
 // overlap the backward with (src/train/params.h, src/dist/zero.h).

@@ -462,6 +462,9 @@ static int run(LlavaModel *m, const LlavaBatch *b, RunMode mode, float grad_scal
     const TextConfig *tc = &c->text;
     int image_rows = 0;
     if (check_batch(m, b, &image_rows, err) != 0) return -1;
+#ifdef VLFT_CUDA
+    if (m->cuda) return llava_cuda_run(m, b, (int)mode, grad_scale, image_rows, loss_out, count_out, logits_out, err);
+#endif
     int B = b->batch_size, L = b->seq_len, N = B * L, C = tc->hidden_size, V = tc->vocab_size;
     int train = mode == RUN_TRAIN;
     int checkpoint = train && m->options.gradient_checkpointing;

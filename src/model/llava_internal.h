@@ -108,7 +108,10 @@ typedef struct {
 
 typedef enum { LLAVA_BEFORE_FORWARD, LLAVA_AFTER_FORWARD, LLAVA_BEFORE_BACKWARD, LLAVA_AFTER_BACKWARD } LlavaHookPoint;
 
+typedef struct LlavaCuda LlavaCuda;  // llava_cuda.c (make CUDA=1)
+
 struct LlavaModel {
+    LlavaCuda *cuda;  // non-NULL: the passes run on the GPU
     ModelConfig config;
     LlavaOptions options;
     char model_dir[4096];
@@ -174,5 +177,18 @@ int llava_hook(LlavaModel *m, LlavaHookPoint point, LlavaLayerGroup group, int i
 // at the image tokens exactly as the training forward merges them.
 int llava_embed_inputs(LlavaModel *m, const int32_t *ids, int L, int n_images, const float *pixel_values, float *x,
                        Error *err);
+
+// llava_cuda.c (built with CUDA=1 only): the GPU copy of the model and its step.
+int llava_cuda_attach(LlavaModel *m, Error *err);
+void llava_cuda_detach(LlavaModel *m);
+// mode: 0 train, 1 loss, 2 logits (as run() in llava_forward.c).
+int llava_cuda_run(LlavaModel *m, const LlavaBatch *b, int mode, float grad_scale, int image_rows, double *loss_out,
+                   int *count_out, float *logits_out, Error *err);
+void llava_cuda_zero_grad(LlavaModel *m);
+int llava_cuda_optimizer_step(LlavaModel *m, const AdamWScalars *sc, double max_norm, double *grad_norm, Error *err);
+int llava_cuda_pull(LlavaModel *m, int what, float **exp_avg, float **exp_avg_sq, Error *err);
+int llava_cuda_push(LlavaModel *m, int what, float *const *exp_avg, float *const *exp_avg_sq, Error *err);
+const char *llava_cuda_device_name(const LlavaModel *m);
+void llava_cuda_memory(const LlavaModel *m, size_t *weights, size_t *peak);
 
 #endif

@@ -29,6 +29,9 @@
 #include <unistd.h>
 
 #include "llava_internal.h"
+#ifdef VLFT_CUDA
+#include "../kernels/cuda/cuda.h"
+#endif
 
 static Weight *find_weight(LlavaModel *m, const char *fmt, int index) {
     char name[200];
@@ -278,6 +281,38 @@ static int wire(LlavaModel *m, Error *err) {
     return 0;
 }
 
+// What the GPU path does not run yet (NULL when it runs this model).
+static const char *cuda_unsupported(const LlavaModel *m) {
+    if (m->vision_trainable) return "a trainable vision tower";
+    if (m->options.finetuning_type == FINETUNE_LORA && m->options.lora_dropout > 0) return "lora_dropout > 0";
+    return NULL;
+}
+
+// options.device -> *on_cuda. "cuda" that cannot run is an error naming
+// why; "auto" picks cuda only when it can.
+static int choose_device(LlavaModel *m, int *on_cuda, Error *err) {
+    const char *device = m->options.device[0] ? m->options.device : "cpu";
+    *on_cuda = 0;
+    if (strcmp(device, "cpu") == 0) return 0;
+    if (strcmp(device, "cuda") != 0 && strcmp(device, "auto") != 0)
+        return error_set(err, "device '%s' is not one of auto, cpu, cuda", device);
+    int explicit_cuda = strcmp(device, "cuda") == 0;
+#ifdef VLFT_CUDA
+    const char *why = cuda_unsupported(m);
+    if (why) {
+        if (explicit_cuda) return error_set(err, "device cuda: %s is not supported on the GPU yet (use device: cpu)", why);
+        return 0;
+    }
+    if (!explicit_cuda && !cuda_available()) return 0;
+    *on_cuda = 1;
+    return 0;
+#else
+    (void)cuda_unsupported;
+    if (explicit_cuda) return error_set(err, "device cuda: this vlft was built without CUDA (build it with `make CUDA=1`)");
+    return 0;
+#endif
+}
+
 int llava_load(const char *model_dir, const LlavaOptions *options, LlavaModel **out, Error *err) {
     *out = NULL;
     LlavaModel *m = calloc(1, sizeof *m);
@@ -318,10 +353,16 @@ int llava_load(const char *model_dir, const LlavaOptions *options, LlavaModel **
         goto fail;
     }
     if (llava_select_trainable(m, err) != 0) goto fail;
+    int on_cuda = 0;
+    if (choose_device(m, &on_cuda, err) != 0) goto fail;
+    if (on_cuda) m->options.bf16 = 1;  // the GPU's products are bf16: no fp32 copies of frozen weights
     for (int i = 0; i < m->n_weights; i++)
         if (materialize(m, &m->weights[i], err) != 0) goto fail;
     if (wire(m, err) != 0 || build_params(m, err) != 0 || llava_layers_build(m, err) != 0) goto fail;
     rng_seed(&m->dropout_rng, options->seed ^ 0x9e3779b97f4a7c15ull);
+#ifdef VLFT_CUDA
+    if (on_cuda && llava_cuda_attach(m, err) != 0) goto fail;
+#endif
     *out = m;
     return 0;
 fail:
@@ -331,6 +372,9 @@ fail:
 
 void llava_free(LlavaModel *m) {
     if (m == NULL) return;
+#ifdef VLFT_CUDA
+    llava_cuda_detach(m);
+#endif
     tape_free(&m->tape);
     for (int i = 0; i < m->n_weights; i++) {
         kernel_free(m->weights[i].owned);
@@ -364,6 +408,12 @@ const ParamRef *llava_params(const LlavaModel *m, int *count) {
 }
 
 void llava_zero_grad(LlavaModel *m) {
+#ifdef VLFT_CUDA
+    if (m->cuda) {
+        llava_cuda_zero_grad(m);
+        return;
+    }
+#endif
     for (int i = 0; i < m->n_params; i++)  // (a gradient released by ZeRO-3 is NULL)
         if (m->params[i].grad) kernel_zero(m->params[i].grad, m->params[i].numel);
 }
@@ -371,3 +421,48 @@ void llava_zero_grad(LlavaModel *m) {
 void llava_memory_stats(const LlavaModel *m, LlavaMemoryStats *stats) { *stats = m->stats; }
 
 Rng *llava_dropout_rng(LlavaModel *model) { return &model->dropout_rng; }
+
+// ---- device (llava.h); without CUDA the model is always on the CPU.
+
+int llava_on_device(const LlavaModel *m) { return m->cuda != NULL; }
+
+const char *llava_device_name(const LlavaModel *m) {
+#ifdef VLFT_CUDA
+    if (m->cuda) return llava_cuda_device_name(m);
+#endif
+    (void)m;
+    return "cpu";
+}
+
+int llava_device_optimizer_step(LlavaModel *m, const AdamWScalars *scalars, double max_norm, double *grad_norm,
+                                Error *err) {
+#ifdef VLFT_CUDA
+    if (m->cuda) return llava_cuda_optimizer_step(m, scalars, max_norm, grad_norm, err);
+#endif
+    (void)scalars, (void)max_norm, (void)grad_norm;
+    return error_set(err, "the model is not on a GPU");
+}
+
+int llava_device_pull(LlavaModel *m, int what, AdamW *opt, Error *err) {
+#ifdef VLFT_CUDA
+    if (m->cuda) return llava_cuda_pull(m, what, opt ? opt->exp_avg : NULL, opt ? opt->exp_avg_sq : NULL, err);
+#endif
+    (void)m, (void)what, (void)opt, (void)err;
+    return 0;  // on the CPU the host values are the model's own
+}
+
+int llava_device_push(LlavaModel *m, int what, const AdamW *opt, Error *err) {
+#ifdef VLFT_CUDA
+    if (m->cuda) return llava_cuda_push(m, what, opt ? opt->exp_avg : NULL, opt ? opt->exp_avg_sq : NULL, err);
+#endif
+    (void)m, (void)what, (void)opt, (void)err;
+    return 0;
+}
+
+void llava_device_memory(const LlavaModel *m, size_t *weights, size_t *peak) {
+    *weights = *peak = 0;
+#ifdef VLFT_CUDA
+    if (m->cuda) llava_cuda_memory(m, weights, peak);
+#endif
+    (void)m;
+}

@@ -174,6 +174,8 @@ int llava_load_adapter(LlavaModel *m, const char *adapter_dir, Error *err) {
         if (safetensors_get(&st, refs[j].name) == NULL) rc = error_set(err, "%s: missing tensor '%s'", path, refs[j].name);
     safetensors_close(&st);
     free(refs);
+    // On a GPU the loaded values go to the device copies too.
+    if (rc == 0) rc = llava_device_push(m, LLAVA_SYNC_VALUES, NULL, err);
     return rc;
 }
 

@@ -279,6 +279,7 @@ void llava_options_defaults(LlavaOptions *o) {
     snprintf(o->lora_target, sizeof o->lora_target, "all");
     o->seed = 42;
     o->gradient_checkpointing = 1;
+    snprintf(o->device, sizeof o->device, "cpu");
 }
 
 int llava_options_from_recipe(const Recipe *r, LlavaOptions *o, Error *err) {
@@ -310,5 +311,6 @@ int llava_options_from_recipe(const Recipe *r, LlavaOptions *o, Error *err) {
     o->threads = r->threads;
     o->gradient_checkpointing = !r->disable_gradient_checkpointing;
     o->bf16 = r->bf16;
+    snprintf(o->device, sizeof o->device, "%s", r->device ? r->device : "auto");
     return 0;
 }

@@ -248,8 +248,20 @@ static void set_layer_hooks(void *ctx, const LayerHooks *hooks) {
     llava_set_layer_hooks(((SftSession *)ctx)->model, hooks);
 }
 
+static int device_update(void *ctx, const AdamWScalars *scalars, double max_norm, double *grad_norm, Error *err) {
+    return llava_device_optimizer_step(((SftSession *)ctx)->model, scalars, max_norm, grad_norm, err);
+}
+
+static int device_sync(void *ctx, int to_host, AdamW *opt, Error *err) {
+    LlavaModel *m = ((SftSession *)ctx)->model;
+    int what = LLAVA_SYNC_VALUES | (opt && opt->exp_avg ? LLAVA_SYNC_MOMENTS : 0);
+    return to_host ? llava_device_pull(m, what, opt, err) : llava_device_push(m, what, opt, err);
+}
+
 static int save_weights(void *ctx, const char *dir, Error *err) {
     SftSession *s = ctx;
+    // (on a GPU the host values are brought up to date first)
+    if (llava_device_pull(s->model, LLAVA_SYNC_VALUES, NULL, err) != 0) return -1;
     if (s->is_lora) return llava_save_adapter(s->model, dir, s->recipe->model_name_or_path, err);
     return llava_save_full(s->model, dir, FULL_SHARD_BYTES, err);
 }
@@ -271,5 +283,7 @@ TrainModel sft_train_model(SftSession *s) {
         .layers = llava_layer_table(s->model),
         .set_layer_hooks = set_layer_hooks,
         .storage = llava_param_storage(s->model),
+        .device_update = llava_on_device(s->model) ? device_update : NULL,
+        .device_sync = llava_on_device(s->model) ? device_sync : NULL,
     };
 }

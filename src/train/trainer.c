@@ -187,6 +187,7 @@ static int save_checkpoint_all_ranks(Trainer *t, int training_stopped, Error *er
         else
             rc = zero_gather_state(&t->zero, t->rank == 0 ? &t->adamw : NULL, err);
     }
+    if (rc == 0 && t->model->device_sync) rc = t->model->device_sync(t->model->ctx, 1, &t->adamw, err);
     if (rc == 0 && t->rank == 0) rc = checkpoint_save(t, training_stopped, err);
     if (t->zero.stage >= 1) adamw_free(&t->adamw);
     zero_release_all(&t->zero);
@@ -200,7 +201,13 @@ static int one_update(Trainer *t, double update_loss, Error *err, int *stop) {
     Position *now = &t->now;
     double grad_norm = 0;
     double lr = o->learning_rate * schedule_lambda(t->plan.kind, now->global_step, t->plan.warmup_steps, t->plan.max_steps);
-    if (zero_step(&t->zero, &t->adamw, o->max_grad_norm, lr, &grad_norm, err) != 0) return -1;
+    if (m->device_update) {
+        t->adamw.step++;
+        AdamWScalars s = adamw_scalars(o->adam_beta1, o->adam_beta2, o->adam_epsilon, o->weight_decay, t->adamw.step, lr);
+        if (m->device_update(m->ctx, &s, o->max_grad_norm, &grad_norm, err) != 0) return -1;
+    } else if (zero_step(&t->zero, &t->adamw, o->max_grad_norm, lr, &grad_norm, err) != 0) {
+        return -1;
+    }
     m->zero_grad(m->ctx);
     now->global_step++;
     // transformers logs the scheduler's learning rate after its step: the next update's
@@ -484,8 +491,12 @@ int trainer_run(const TrainerOptions *opt, TrainModel *model, const int *train_i
             rc = checkpoint_clear_previous_run(opt->output_dir, err);
         if (rc == 0) checkpoint_remove_stale_temps(opt->output_dir);
     }
+    if (rc == 0 && model->device_update && (t.world > 1 || opt->zero_stage > 0))
+        rc = error_set(err, "device cuda: several processes or ZeRO on GPUs are not supported yet (run one process, "
+                            "or device: cpu)");
     if (rc == 0 && resume_dir[0] != '\0') {
         rc = checkpoint_load(&t, resume_dir, err);
+        if (rc == 0 && model->device_sync) rc = model->device_sync(model->ctx, 0, &t.adamw, err);
         if (rc != 0) error_prefix(err, "resuming");
         else if (opt->progress && t.rank == 0) fprintf(stderr, "resuming from %s (step %d of %d)\n", resume_dir, t.now.global_step, t.plan.max_steps);
     } else if (model->rng) {

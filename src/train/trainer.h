@@ -63,6 +63,7 @@
 
 #include "../base/error.h"
 #include "../base/rng.h"
+#include "optimizer.h"
 #include "params.h"
 #include "recipe.h"
 #include "schedule.h"
@@ -109,6 +110,13 @@ typedef struct {
     const LayerTable *layers;
     void (*set_layer_hooks)(void *ctx, const LayerHooks *hooks);
     ParamStorage storage;
+    // Optional, for a model whose trainable state lives on a GPU: the update
+    // runs there (clipping to max_norm first when > 0; *grad_norm = the norm
+    // before clipping) with the scalars of adamw_scalars(), and device_sync
+    // copies the values (params[].value) and AdamW moments (opt, may be
+    // NULL) to the host (to_host = 1: before saving) or back (after a resume).
+    int (*device_update)(void *ctx, const AdamWScalars *scalars, double max_norm, double *grad_norm, Error *err);
+    int (*device_sync)(void *ctx, int to_host, AdamW *opt, Error *err);
 } TrainModel;
 
 enum { EVAL_NO = 0, EVAL_STEPS = 1, EVAL_EPOCH = 2 };

@@ -47,7 +47,7 @@ int cuda_available(void);
 
 // Device memory. NULL (err filled, naming what and how much) when out of memory.
 void *cuda_malloc(CudaContext *ctx, size_t bytes, const char *what, Error *err);
-void cuda_free(void *p);
+void cuda_free(CudaContext *ctx, void *p);
 // Synchronous copies (they wait for the stream first).
 int cuda_upload(CudaContext *ctx, void *dst, const void *host_src, size_t bytes, Error *err);
 int cuda_download(CudaContext *ctx, void *host_dst, const void *src, size_t bytes, Error *err);
