@@ -675,7 +675,11 @@ static void flash_forward(cudaStream_t s, uint16_t *out, float *lse, const uint1
                           const uint16_t *v, const int32_t *key_mask, int B, int L, int Hq, int Hkv, int causal,
                           float scale) {
     size_t bytes = FlashLayout<D>::FORWARD_BYTES;
-    cudaFuncSetAttribute(flash_forward_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
+    cudaError_t e =
+        cudaFuncSetAttribute(flash_forward_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
+    if (e != cudaSuccess)
+        fprintf(stderr, "cuda_attention: flash_forward_kernel<%d> cannot have %zu bytes of shared memory: %s\n", D,
+                bytes, cudaGetErrorString(e));
     dim3 grid((unsigned int)(B * Hq), (unsigned int)((L + FLASH_TILE - 1) / FLASH_TILE));
     flash_forward_kernel<D><<<grid, FLASH_WARPS * 32, bytes, s>>>(out, lse, q, k, v, key_mask, L, Hq, Hkv, causal,
                                                                   scale);
@@ -692,7 +696,11 @@ static void flash_backward(cudaStream_t s, uint16_t *dq, uint16_t *dk, uint16_t 
     cudaMemsetAsync(w->dk, 0, sizeof(float) * n_kv, s);
     cudaMemsetAsync(w->dv, 0, sizeof(float) * n_kv, s);
     size_t bytes = FlashLayout<D>::BACKWARD_BYTES;
-    cudaFuncSetAttribute(flash_backward_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
+    cudaError_t e =
+        cudaFuncSetAttribute(flash_backward_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
+    if (e != cudaSuccess)
+        fprintf(stderr, "cuda_attention: flash_backward_kernel<%d> cannot have %zu bytes of shared memory: %s\n", D,
+                bytes, cudaGetErrorString(e));
     dim3 grid((unsigned int)(B * Hq), (unsigned int)((L + FLASH_TILE - 1) / FLASH_TILE));
     flash_backward_kernel<D><<<grid, FLASH_WARPS * 32, bytes, s>>>(w->dq, w->dk, w->dv, dout, lse, w->delta, q, k, v,
                                                                    key_mask, L, Hq, Hkv, causal, scale);
