@@ -31,12 +31,13 @@ if [ "${1:-}" = "--pack" ]; then
 fi
 
 stages=${1:-info,parity,model,train,bench-lora}
+py=${PYTHON:-python3}
 out=${OUT:-/tmp/vlft-device}
 mkdir -p "$out"
 has() { case ",$stages," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 mkdir -p /tmp/vlft-lib && tar -C /tmp/vlft-lib -xJf "$carry/lib.tar.xz"
 cuda_libs=$(ls -d /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib 2>/dev/null | tr '\n' ':')
-pip_libs=$(python3 -c 'import nvidia, os; b = os.path.dirname(nvidia.__path__[0]); print(":".join(os.path.join(r, d) for r, ds, _ in os.walk(os.path.join(b, "nvidia")) for d in ds if d == "lib"))' 2>/dev/null)
+pip_libs=$("$py" -c 'import nvidia, os; b = os.path.dirname(nvidia.__path__[0]); print(":".join(os.path.join(r, d) for r, ds, _ in os.walk(os.path.join(b, "nvidia")) for d in ds if d == "lib"))' 2>/dev/null)
 export LD_LIBRARY_PATH="/tmp/vlft-lib/lib:${cuda_libs}${pip_libs}:${LD_LIBRARY_PATH:-}"
 export VLFT_BIN="$root/$carry/vlft" VLFT_BUILD="$root/$carry" PYTHONUNBUFFERED=1
 export TMPDIR=/tmp
@@ -59,12 +60,12 @@ if has parity; then
     grep -iE 'ms|TFLOP' "$out/attention_parity.txt" | tail -8 | tee -a "$summary"
 fi
 if has model; then
-    timeout 420 python3 tests/python/runner.py "$carry" test_cuda_step >"$out/model.txt" 2>&1
+    timeout 420 "$py" tests/python/runner.py "$carry" test_cuda.test_cuda_step >"$out/model.txt" 2>&1
     note "model vs reference: $(tail -1 "$out/model.txt")"
     grep -E '^(FAIL|ok|SKIP)|images|Error|assert' "$out/model.txt" | head -40 | tee -a "$summary"
 fi
 if has train; then
-    timeout 420 python3 tests/python/runner.py "$carry" test_cuda_training >"$out/train.txt" 2>&1
+    timeout 420 "$py" tests/python/runner.py "$carry" test_cuda.test_cuda_training >"$out/train.txt" 2>&1
     note "train cpu vs gpu: $(tail -1 "$out/train.txt")"
     grep -E '^(FAIL|ok|SKIP|cpu|gpu)|Error|assert' "$out/train.txt" | head -20 | tee -a "$summary"
 fi
@@ -73,12 +74,12 @@ if has bench-lora || has bench-full; then
     [ -d /tmp/yi6b ] || "$VLFT_BIN" init-tiny /tmp/yi6b --preset yi-vl-6b >"$out/init.txt" 2>&1
     note "init-tiny yi-vl-6b: $(( $(date +%s) - start )) s"
     if has bench-lora; then
-        timeout 400 python3 bench/cuda/yi_vl_6b.py --model /tmp/yi6b --mode lora --cases "${BENCH_CASES:-demo1,demo4,long1}" \
+        timeout 400 "$py" bench/cuda/yi_vl_6b.py --model /tmp/yi6b --mode lora --cases "${BENCH_CASES:-demo1,demo4,long1}" \
             --checkpointing "${BENCH_CKPT:-1,0}" --out "$out/bench_lora.json" >"$out/bench_lora.txt" 2>&1
         tail -8 "$out/bench_lora.txt" | tee -a "$summary"
     fi
     if has bench-full; then
-        timeout 400 python3 bench/cuda/yi_vl_6b.py --model /tmp/yi6b --mode full --cases "${BENCH_CASES_FULL:-demo1,demo4}" \
+        timeout 400 "$py" bench/cuda/yi_vl_6b.py --model /tmp/yi6b --mode full --cases "${BENCH_CASES_FULL:-demo1,demo4}" \
             --checkpointing 1 --out "$out/bench_full.json" >"$out/bench_full.txt" 2>&1
         tail -6 "$out/bench_full.txt" | tee -a "$summary"
     fi
