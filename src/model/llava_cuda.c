@@ -35,7 +35,7 @@ typedef struct {
 } DevChunk;
 
 typedef struct {
-    DevChunk chunks[16];
+    DevChunk chunks[32];
     int n_chunks, current;
     size_t live, peak;
 } DevArena;
@@ -57,7 +57,22 @@ typedef struct {
     uint16_t *A16, *B16;                         // bf16 copies the products read
 } DevLora;
 
+// VLFT_CUDA_PROFILE=1: device time of the step's parts, from event pairs
+// around them, printed to stderr after each step (a part inside another,
+// such as attention inside the text layers, is counted in both).
+enum { PROF_VISION, PROF_TEXT_FORWARD, PROF_HEAD, PROF_TEXT_BACKWARD, PROF_ATTENTION_FORWARD, PROF_ATTENTION_BACKWARD,
+       PROF_LORA, PROF_OPTIMIZER, PROF_PARTS };
+static const char *const prof_names[PROF_PARTS] = {"vision+projector", "text forward", "head+loss", "text backward",
+                                                   "attention fwd", "attention bwd", "lora products", "optimizer"};
+enum { PROF_MAX_PAIRS = 16384 };
+typedef struct {
+    cudaEvent_t *start, *stop;
+    int *part;
+    int n, capacity;
+} Profile;
+
 struct LlavaCuda {
+    Profile *prof;  // NULL unless VLFT_CUDA_PROFILE is set
     CudaContext *ctx;
     cudaStream_t s;
     DevWeight *w;  // [n_weights], same order as m->weights
@@ -81,10 +96,73 @@ static void *take(DevArena *a, DevChunk *c, size_t bytes) {
     return p;
 }
 
+// A new chunk: at least 256 MiB and 1.5x the one before, so that a first
+// step settles in a few; dev_arena_settle then merges them into one.
 static size_t chunk_size(const DevArena *a, size_t bytes) {
     size_t cap = (size_t)256 << 20;
-    if (a->n_chunks > 0 && a->chunks[a->n_chunks - 1].cap > cap) cap = a->chunks[a->n_chunks - 1].cap;
+    if (a->n_chunks > 0 && a->chunks[a->n_chunks - 1].cap / 2 * 3 > cap) cap = a->chunks[a->n_chunks - 1].cap / 2 * 3;
     return bytes > cap ? bytes : cap;
+}
+
+static int prof_begin(LlavaCuda *d, int part) {
+    Profile *p = d->prof;
+    if (!p || p->n == p->capacity) return -1;
+    p->part[p->n] = part;
+    cudaEventRecord(p->start[p->n], d->s);
+    return p->n++;
+}
+
+static void prof_end(LlavaCuda *d, int pair) {
+    if (pair >= 0) cudaEventRecord(d->prof->stop[pair], d->s);
+}
+
+// After a sync: the sums per part, then the pairs are reused.
+static void prof_report(LlavaCuda *d, const char *what) {
+    Profile *p = d->prof;
+    if (!p || p->n == 0) return;
+    double ms[PROF_PARTS] = {0};
+    int calls[PROF_PARTS] = {0};
+    for (int i = 0; i < p->n; i++) {
+        float t = 0;
+        if (cudaEventElapsedTime(&t, p->start[i], p->stop[i]) == cudaSuccess) ms[p->part[i]] += t;
+        calls[p->part[i]]++;
+    }
+    fprintf(stderr, "cuda profile (%s):", what);
+    for (int k = 0; k < PROF_PARTS; k++)
+        if (calls[k]) fprintf(stderr, " %s %.2f ms (%d)%s", prof_names[k], ms[k], calls[k], k + 1 < PROF_PARTS ? ";" : "");
+    fprintf(stderr, "\n");
+    p->n = 0;
+}
+
+static void prof_open(LlavaCuda *d) {
+    const char *env = getenv("VLFT_CUDA_PROFILE");
+    if (!env || !*env || strcmp(env, "0") == 0) return;
+    Profile *p = calloc(1, sizeof *p);
+    if (!p) return;
+    p->capacity = PROF_MAX_PAIRS;
+    p->start = calloc(PROF_MAX_PAIRS, sizeof(cudaEvent_t));
+    p->stop = calloc(PROF_MAX_PAIRS, sizeof(cudaEvent_t));
+    p->part = calloc(PROF_MAX_PAIRS, sizeof(int));
+    if (!p->start || !p->stop || !p->part) {
+        free(p->start), free(p->stop), free(p->part), free(p);
+        return;
+    }
+    for (int i = 0; i < PROF_MAX_PAIRS; i++) {
+        cudaEventCreate(&p->start[i]);
+        cudaEventCreate(&p->stop[i]);
+    }
+    d->prof = p;
+}
+
+static void prof_close(LlavaCuda *d) {
+    Profile *p = d->prof;
+    if (!p) return;
+    for (int i = 0; i < p->capacity; i++) {
+        cudaEventDestroy(p->start[i]);
+        cudaEventDestroy(p->stop[i]);
+    }
+    free(p->start), free(p->stop), free(p->part), free(p);
+    d->prof = NULL;
 }
 
 static void *dev_arena_alloc(LlavaCuda *d, DevArena *a, size_t bytes) {
@@ -107,7 +185,7 @@ static void *dev_arena_alloc(LlavaCuda *d, DevArena *a, size_t bytes) {
         }
         a->current++;
     }
-    if (a->n_chunks == 16) {
+    if (a->n_chunks == 32) {
         d->failed = 1;
         error_set(&d->error, "cuda: activation memory split in too many pieces");
         return NULL;
@@ -141,6 +219,25 @@ static void dev_arena_release(DevArena *a, DevMark mk) {
 static void dev_arena_free(LlavaCuda *d, DevArena *a) {
     for (int i = 0; i < a->n_chunks; i++) cuda_free(d->ctx, a->chunks[i].base);
     memset(a, 0, sizeof *a);
+}
+
+// After a step: when it needed several chunks, one chunk of the step's peak
+// replaces them, so the next step of this shape allocates nothing and the
+// memory held is what the step needs (plus alignment).
+static void dev_arena_settle(LlavaCuda *d, DevArena *a) {
+    if (a->n_chunks <= 1) return;
+    size_t need = a->peak;
+    for (int i = 0; i < a->n_chunks; i++) cuda_free(d->ctx, a->chunks[i].base);
+    memset(a->chunks, 0, sizeof a->chunks);
+    a->n_chunks = a->current = 0;
+    a->live = 0;
+    Error ignored;
+    DevChunk *c = &a->chunks[0];
+    c->base = cuda_malloc(d->ctx, need, "activations", &ignored);
+    if (c->base) {
+        c->cap = need;
+        a->n_chunks = 1;
+    }
 }
 
 static size_t dev_arena_capacity(const DevArena *a) {
@@ -233,6 +330,7 @@ void llava_cuda_detach(LlavaModel *m) {
     if (!d) return;
     dev_arena_free(d, &d->kept);
     dev_arena_free(d, &d->work);
+    prof_close(d);
     free(d->w);
     free(d->lora);
     cuda_close(d->ctx);  // frees every block still held
@@ -257,6 +355,7 @@ int llava_cuda_attach(LlavaModel *m, Error *err) {
         return -1;
     }
     d->s = cuda_stream(d->ctx);
+    prof_open(d);
     d->w = calloc((size_t)m->n_weights + 1, sizeof(DevWeight));
     d->lora = calloc((size_t)m->n_loras + 1, sizeof(DevLora));
     if (!d->w || !d->lora) goto oom;
@@ -303,8 +402,10 @@ static void lin_forward(LlavaModel *m, const Linear *l, void *y, int y_bf16, flo
         int r = l->lora->rank;
         uint16_t *u = ah(d, a, (size_t)N * r);
         if (!u) return;
+        int pr = prof_begin(d, PROF_LORA);
         cuda_gemm(d->ctx, 0, 1, N, r, l->in, 1.0f, x, l->in, dl->A16, l->in, 0.0f, u, 1, r);
         cuda_gemm(d->ctx, 0, 1, N, l->out, r, l->lora->scale, u, r, dl->B16, r, 1.0f, y, y_bf16, l->out);
+        prof_end(d, pr);
         if (cache) cache->u = u;
     }
 }
@@ -327,10 +428,12 @@ static void lin_backward(LlavaModel *m, const Linear *l, void *dx, int dx_bf16, 
         uint16_t *du = ah(d, &d->work, (size_t)N * r);
         if (!du) return;
         // du = scale * dy B [N, r]; dB += scale * dy^T u; dA += du^T x; dx += du A.
+        int pr = prof_begin(d, PROF_LORA);
         cuda_gemm(d->ctx, 0, 0, N, r, l->out, scale, dy, l->out, dl->B16, r, 0.0f, du, 1, r);
         cuda_gemm(d->ctx, 1, 0, l->out, r, N, scale, dy, l->out, cache->u, r, 1.0f, dl->dB, 0, r);
         cuda_gemm(d->ctx, 1, 0, r, l->in, N, 1.0f, du, r, x, l->in, 1.0f, dl->dA, 0, l->in);
         if (dx) cuda_gemm(d->ctx, 0, 0, N, l->in, r, 1.0f, du, r, dl->A16, l->in, 1.0f, dx, dx_bf16, l->in);
+        prof_end(d, pr);
         dev_arena_release(&d->work, mk);
     }
 }
@@ -354,7 +457,9 @@ static void vision_layer_forward(LlavaModel *m, const VisionLayer *l, const floa
     lin_forward(m, &l->q, q, 1, 0.0f, h, N, NULL, &d->work);
     lin_forward(m, &l->k, k, 1, 0.0f, h, N, NULL, &d->work);
     lin_forward(m, &l->v, v, 1, 0.0f, h, N, NULL, &d->work);
+    int pa = prof_begin(d, PROF_ATTENTION_FORWARD);
     cuda_attention_forward(d->s, att, lse, q, k, v, NULL, n, T, H, H, D, 0, 1.0f / sqrtf((float)D));
+    prof_end(d, pa);
     // x_out holds x_mid = x + o(att) until the MLP adds onto it.
     cudaMemcpyAsync(x_out, x, (size_t)N * C * sizeof(float), cudaMemcpyDeviceToDevice, d->s);
     lin_forward(m, &l->o, x_out, 0, 1.0f, att, N, NULL, &d->work);
@@ -496,7 +601,9 @@ static void text_layer_forward(LlavaModel *m, const TextLayer *l, DevTextActs *t
     lin_forward(m, &l->v, t->v, 1, 0.0f, t->h1, N, &t->cv, a);
     cuda_rope(d->s, t->q, B, L, Hq, D, (float)tc->rope_theta, 0);
     cuda_rope(d->s, t->k, B, L, Hkv, D, (float)tc->rope_theta, 0);
+    int pa = prof_begin(d, PROF_ATTENTION_FORWARD);
     cuda_attention_forward(d->s, t->att, t->lse, t->q, t->k, t->v, mask, B, L, Hq, Hkv, D, 1, 1.0f / sqrtf((float)D));
+    prof_end(d, pa);
     cudaMemcpyAsync(t->x_mid, x_in, (size_t)N * C * sizeof(float), cudaMemcpyDeviceToDevice, d->s);
     lin_forward(m, &l->o, t->x_mid, 0, 1.0f, t->att, N, &t->co, a);
     cuda_rmsnorm_forward(d->s, t->h2, 1, t->rstd2, t->x_mid, dev(m, l->norm2)->f32, N, C, eps);
@@ -534,8 +641,10 @@ static void text_layer_backward(LlavaModel *m, const TextLayer *l, const DevText
     // attention
     cuda_bf16_from_f32(d->s, dy16, dmid, (size_t)N * C);
     lin_backward(m, &l->o, datt, 1, 0.0f, dy16, t->att, N, &t->co);
+    int pa = prof_begin(d, PROF_ATTENTION_BACKWARD);
     cuda_attention_backward(d->s, dq, dk, dv, datt, t->att, t->lse, t->q, t->k, t->v, mask, B, L, Hq, Hkv, D, 1,
                             1.0f / sqrtf((float)D), ws);
+    prof_end(d, pa);
     cuda_rope(d->s, dq, B, L, Hq, D, (float)tc->rope_theta, 1);
     cuda_rope(d->s, dk, B, L, Hkv, D, (float)tc->rope_theta, 1);
     int need_dh1 = dx_in || n1->grad;
@@ -630,9 +739,11 @@ int llava_cuda_run(LlavaModel *m, const LlavaBatch *b, int mode, float grad_scal
         // Features and the projector's kept values go below the text's (kept
         // arena when the projector trains, else work, released after the scatter).
         DevArena *pa = projector_keep ? K : W;
+        int pv = prof_begin(d, PROF_VISION);
         float *vf = vision_forward(m, pixels, b->n_images, pa);
         if (!vf) goto fail;
         features = projector_forward(m, &proj, vf, image_rows, pa);
+        prof_end(d, pv);
         if (!features) goto fail;
     }
     float *x = af(d, K, (size_t)N * C);
@@ -651,6 +762,7 @@ int llava_cuda_run(LlavaModel *m, const LlavaBatch *b, int mode, float grad_scal
     // releasing a layer (backward, newest first) also drops its output,
     // which only the next layer (already done) read.
     float *h = x;
+    int ptf = prof_begin(d, PROF_TEXT_FORWARD);
     for (int i = 0; i < tc->num_hidden_layers && !d->failed; i++) {
         float *next = af(d, K, (size_t)N * C);
         if (!next) break;
@@ -666,8 +778,10 @@ int llava_cuda_run(LlavaModel *m, const LlavaBatch *b, int mode, float grad_scal
         }
         h = next;
     }
+    prof_end(d, ptf);
     if (d->failed) goto fail;
     // ---- head
+    int ph = prof_begin(d, PROF_HEAD);
     uint16_t *xf = ah(d, W, (size_t)N * C);
     float *rstdf = af(d, K, N);
     uint16_t *head_in = logits_out ? xf : ah(d, W, (size_t)(rows + 1) * C);
@@ -683,6 +797,7 @@ int llava_cuda_run(LlavaModel *m, const LlavaBatch *b, int mode, float grad_scal
                            count ? grad_scale / (float)count : 0.0f);
         cuda_sum_accumulate(d->s, d->loss_sum, loss_rows, (size_t)rows);
     }
+    prof_end(d, ph);
     if (logits_out && cuda_download(d->ctx, logits_out, logits, sizeof(float) * (size_t)N * V, err) != 0) goto fail_quiet;
     double total = 0;
     if (cuda_download(d->ctx, &total, d->loss_sum, sizeof(double), err) != 0) goto fail_quiet;
@@ -707,6 +822,7 @@ int llava_cuda_run(LlavaModel *m, const LlavaBatch *b, int mode, float grad_scal
         cudaMemcpyAsync(dcur, dh, sizeof(float) * (size_t)N * C, cudaMemcpyDeviceToDevice, d->s);
         dh = dcur;
         int need_input_grad = m->embed_trainable || (image_rows && projector_keep);
+        int ptb = prof_begin(d, PROF_TEXT_BACKWARD);
         for (int i = tc->num_hidden_layers - 1; i >= 0 && !d->failed; i--) {
             int need = i > 0 || need_input_grad;
             if (checkpoint) {
@@ -724,6 +840,7 @@ int llava_cuda_run(LlavaModel *m, const LlavaBatch *b, int mode, float grad_scal
             dh = dprev;
             dprev = swap;
         }
+        prof_end(d, ptb);
         // dh: gradient of the merged embeddings.
         DevWeight *et = dev(m, m->embed_tokens);
         if (et->grad) cuda_embedding_backward(d->s, et->grad, dh, d_ids, d_is_image, N, C);
@@ -738,6 +855,9 @@ int llava_cuda_run(LlavaModel *m, const LlavaBatch *b, int mode, float grad_scal
     if (d->failed) goto fail;
     free(ta);
     m->stats.activations_peak = d->kept.peak + d->work.peak;
+    prof_report(d, train ? "train step" : "forward");
+    dev_arena_settle(d, &d->kept);
+    dev_arena_settle(d, &d->work);
     m->stats.activations_arena = dev_arena_capacity(&d->kept) + dev_arena_capacity(&d->work);
     free(host_i32);
     free(is_image);
@@ -787,6 +907,7 @@ static DevParam dev_param(LlavaModel *m, int i) {
 
 int llava_cuda_optimizer_step(LlavaModel *m, const AdamWScalars *sc, double max_norm, double *grad_norm, Error *err) {
     LlavaCuda *d = m->cuda;
+    int po = prof_begin(d, PROF_OPTIMIZER);
     cuda_zero(d->ctx, d->grad_sq, sizeof(double));
     for (int i = 0; i < m->n_params; i++) {
         DevParam p = dev_param(m, i);
@@ -800,8 +921,10 @@ int llava_cuda_optimizer_step(LlavaModel *m, const AdamWScalars *sc, double max_
         cuda_adamw_update(d->s, p.value, p.bf16, p.grad, p.m, p.v, m->params[i].numel, m->params[i].decay, s,
                           max_norm > 0 ? d->clip : NULL);
     }
+    prof_end(d, po);
     float norm = 0;
     if (cuda_download(d->ctx, &norm, d->clip + 1, sizeof(float), err) != 0) return -1;
+    prof_report(d, "optimizer");
     if (grad_norm) *grad_norm = norm;
     return cuda_sync(d->ctx, err);
 }
