@@ -83,6 +83,10 @@ struct LlavaCuda {
     double *loss_sum;       // device: sum of per-row losses of the step
     double *grad_sq;        // device: sum of squared gradients (clipping)
     float *clip;            // device: [0] coefficient, [1] norm
+    // The optimizer's tables (device): every trainable tensor and its chunks.
+    CudaAdamWTensor *opt_tensors;
+    CudaTensorChunk *opt_chunks;
+    int n_opt_chunks;
     size_t weights_bytes;   // device bytes of weights, masters, grads and moments
 };
 
@@ -905,22 +909,54 @@ static DevParam dev_param(LlavaModel *m, int i) {
     return p;
 }
 
+// Elements per chunk of the optimizer's multi-tensor launches: one block
+// (256 threads) does 64 Ki elements; a 6B full fine-tune is ~10^5 chunks.
+#define OPT_CHUNK ((size_t)1 << 16)
+
+// The device tables of every trainable tensor, cut into chunks (once).
+static int build_optimizer_tables(LlavaModel *m, Error *err) {
+    LlavaCuda *d = m->cuda;
+    int n_chunks = 0;
+    for (int i = 0; i < m->n_params; i++) n_chunks += (int)((m->params[i].numel + OPT_CHUNK - 1) / OPT_CHUNK);
+    CudaAdamWTensor *tensors = calloc((size_t)m->n_params + 1, sizeof *tensors);
+    CudaTensorChunk *chunks = calloc((size_t)n_chunks + 1, sizeof *chunks);
+    int rc = -1;
+    if (!tensors || !chunks) {
+        error_set(err, "out of memory");
+        goto done;
+    }
+    for (int i = 0, k = 0; i < m->n_params; i++) {
+        DevParam p = dev_param(m, i);
+        size_t n = m->params[i].numel;
+        tensors[i] = (CudaAdamWTensor){.p = p.value, .p_bf16 = p.bf16, .g = p.grad, .m = p.m, .v = p.v, .n = n,
+                                       .decay = m->params[i].decay};
+        for (size_t off = 0; off < n; off += OPT_CHUNK)
+            chunks[k++] = (CudaTensorChunk){.tensor = i, .offset = off, .length = n - off < OPT_CHUNK ? n - off : OPT_CHUNK};
+    }
+    d->opt_tensors = dmalloc(d, sizeof *tensors * ((size_t)m->n_params + 1), "optimizer table", err);
+    d->opt_chunks = dmalloc(d, sizeof *chunks * ((size_t)n_chunks + 1), "optimizer table", err);
+    if (!d->opt_tensors || !d->opt_chunks) goto done;
+    if (cuda_upload(d->ctx, d->opt_tensors, tensors, sizeof *tensors * (size_t)m->n_params, err) != 0 ||
+        cuda_upload(d->ctx, d->opt_chunks, chunks, sizeof *chunks * (size_t)n_chunks, err) != 0)
+        goto done;
+    d->n_opt_chunks = n_chunks;
+    rc = 0;
+done:
+    free(tensors);
+    free(chunks);
+    return rc;
+}
+
 int llava_cuda_optimizer_step(LlavaModel *m, const AdamWScalars *sc, double max_norm, double *grad_norm, Error *err) {
     LlavaCuda *d = m->cuda;
+    if (!d->opt_chunks && build_optimizer_tables(m, err) != 0) return -1;
     int po = prof_begin(d, PROF_OPTIMIZER);
     cuda_zero(d->ctx, d->grad_sq, sizeof(double));
-    for (int i = 0; i < m->n_params; i++) {
-        DevParam p = dev_param(m, i);
-        cuda_sum_squares_accumulate(d->s, d->grad_sq, p.grad, m->params[i].numel);
-    }
+    cuda_grad_sum_squares_multi(d->s, d->grad_sq, d->opt_tensors, d->opt_chunks, d->n_opt_chunks);
     cuda_clip_coef(d->s, d->clip, d->clip + 1, d->grad_sq, (float)max_norm);
     CudaAdamWScalars s = {sc->decay_keep, sc->beta1, sc->one_minus_beta1, sc->beta2, sc->one_minus_beta2,
                           sc->step_size, sc->bc2_sqrt, sc->eps};
-    for (int i = 0; i < m->n_params; i++) {
-        DevParam p = dev_param(m, i);
-        cuda_adamw_update(d->s, p.value, p.bf16, p.grad, p.m, p.v, m->params[i].numel, m->params[i].decay, s,
-                          max_norm > 0 ? d->clip : NULL);
-    }
+    cuda_adamw_update_multi(d->s, d->opt_tensors, d->opt_chunks, d->n_opt_chunks, s, max_norm > 0 ? d->clip : NULL);
     prof_end(d, po);
     float norm = 0;
     if (cuda_download(d->ctx, &norm, d->clip + 1, sizeof(float), err) != 0) return -1;

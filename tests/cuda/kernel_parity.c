@@ -729,6 +729,71 @@ static void check_adamw(Parity *t, size_t n, int decay, int with_coef, int with_
     free(p), free(g), free(m), free(v), free(o_p), free(o_m), free(o_v);
 }
 
+// The multi-tensor update (tensors of mixed sizes, decay and bf16 copies,
+// cut into chunks of chunk elements) against the single-tensor kernel: the
+// same element math, so the same bits; and its sum of squares against the
+// per-tensor sums.
+static void check_adamw_multi(Parity *t, size_t chunk) {
+    enum { T = 5 };
+    size_t sizes[T] = {1, 4096, 100003, 8, 262144};
+    char shape[96];
+    snprintf(shape, sizeof shape, "%d tensors, chunks of %zu", T, chunk);
+    AdamWScalars s = adamw_scalars(0.9, 0.999, 1e-8, 0.01, 7, 3e-4);
+    CudaAdamWScalars cs = {s.decay_keep, s.beta1, s.one_minus_beta1, s.beta2, s.one_minus_beta2,
+                           s.step_size, s.bc2_sqrt, s.eps};
+    float coef = 0.61f;
+    arena_reset(t);
+    float *d_coef = dev_from(t, &coef, 4);
+    CudaAdamWTensor multi[T], single[T];
+    CudaTensorChunk chunks[512];
+    int n_chunks = 0;
+    double sum_sq_ref = 0;
+    for (int i = 0; i < T; i++) {
+        size_t n = sizes[i];
+        float *p = random_f32(t, n, 0.02f, 0.0f), *g = random_f32(t, n, 1e-3f, 0.0f);
+        float *m = random_f32(t, n, 1e-3f, 0.0f), *v = random_f32(t, n, 1e-3f, 0.0f);
+        for (size_t j = 0; j < n; j++) v[j] *= v[j];
+        for (size_t j = 0; j < n; j++) sum_sq_ref += (double)g[j] * g[j];
+        CudaAdamWTensor *pair[2] = {&multi[i], &single[i]};
+        for (int k = 0; k < 2; k++)
+            *pair[k] = (CudaAdamWTensor){.p = dev_from(t, p, n * 4), .g = dev_from(t, g, n * 4),
+                                         .m = dev_from(t, m, n * 4), .v = dev_from(t, v, n * 4), .n = n,
+                                         .decay = i % 2, .p_bf16 = i % 3 ? dev_poison_bf16(t, n) : NULL};
+        for (size_t off = 0; off < n; off += chunk)
+            chunks[n_chunks++] = (CudaTensorChunk){.tensor = i, .offset = off, .length = n - off < chunk ? n - off : chunk};
+        free(p), free(g), free(m), free(v);
+    }
+    CudaAdamWTensor *d_tensors = dev_from(t, multi, sizeof multi);
+    CudaTensorChunk *d_chunks = dev_from(t, chunks, sizeof(CudaTensorChunk) * (size_t)n_chunks);
+    double zero = 0;
+    double *d_sum = dev_from(t, &zero, 8);
+    cuda_grad_sum_squares_multi(t->stream, d_sum, d_tensors, d_chunks, n_chunks);
+    cuda_adamw_update_multi(t->stream, d_tensors, d_chunks, n_chunks, cs, d_coef);
+    for (int i = 0; i < T; i++)
+        cuda_adamw_update(t->stream, single[i].p, single[i].p_bf16, single[i].g, single[i].m, single[i].v, single[i].n,
+                          single[i].decay, cs, d_coef);
+    double *sum_sq = download(t, "grad_sum_squares_multi", d_sum, 8);
+    double rel = fabs(*sum_sq - sum_sq_ref) / sum_sq_ref;
+    report(t, rel <= 1e-9, "grad_sum_squares_multi", shape, rel, 1e-9, "");
+    free(sum_sq);
+    for (int i = 0; i < T; i++) {
+        size_t n = sizes[i];
+        float *a[3] = {multi[i].p, multi[i].m, multi[i].v}, *b[3] = {single[i].p, single[i].m, single[i].v};
+        const char *names[3] = {"adamw_multi_p", "adamw_multi_m", "adamw_multi_v"};
+        for (int k = 0; k < 3; k++) {
+            float *x = download_f32(t, names[k], a[k], n), *y = download_f32(t, names[k], b[k], n);
+            check_exact(t, names[k], shape, x, y, n, 4);
+            free(x), free(y);
+        }
+        if (multi[i].p_bf16) {
+            uint16_t *x = download_bf16(t, "adamw_multi_bf16", multi[i].p_bf16, n);
+            uint16_t *y = download_bf16(t, "adamw_multi_bf16", single[i].p_bf16, n);
+            check_exact(t, "adamw_multi_p_bf16", shape, x, y, n, 2);
+            free(x), free(y);
+        }
+    }
+}
+
 static void check_clip_coef(Parity *t, double sum_squares, float max_norm) {
     char shape[64];
     snprintf(shape, sizeof shape, "sum_sq=%g max_norm=%g", sum_squares, max_norm);
@@ -805,6 +870,8 @@ int main(int argc, char **argv) {
         for (int with_coef = 0; with_coef <= 1; with_coef++)
             for (int with_bf16 = 0; with_bf16 <= 1; with_bf16++) check_adamw(&t, 3000001, decay, with_coef, with_bf16);
     check_adamw(&t, 1000, 1, 1, 1);
+    check_adamw_multi(&t, 65536);
+    check_adamw_multi(&t, 1000);
     check_clip_coef(&t, 16.0, 1.0f);   // norm 4: clipped
     check_clip_coef(&t, 0.25, 1.0f);   // norm 0.5: coefficient 1
     check_clip_coef(&t, 16.0, 0.0f);   // no clipping asked

@@ -161,6 +161,27 @@ typedef struct {
 } CudaAdamWScalars;
 void cuda_adamw_update(cudaStream_t s, float *p, uint16_t *p_bf16, const float *g, float *m, float *v, size_t n,
                        int decay, CudaAdamWScalars sc, const float *grad_coef);
+// Multi-tensor forms, one launch for every trainable tensor (a LoRA run has
+// hundreds of small ones): tensors[] and chunks[] live on the device; each
+// chunk is a slice (offset, length) of one tensor, so that one block does
+// one chunk. Same element math as cuda_adamw_update.
+typedef struct {
+    float *p;
+    uint16_t *p_bf16;  // may be NULL
+    const float *g;
+    float *m, *v;
+    size_t n;
+    int decay;
+} CudaAdamWTensor;
+typedef struct {
+    int tensor;
+    size_t offset, length;
+} CudaTensorChunk;
+void cuda_adamw_update_multi(cudaStream_t s, const CudaAdamWTensor *tensors, const CudaTensorChunk *chunks,
+                             int n_chunks, CudaAdamWScalars sc, const float *grad_coef);
+// *out (device double) += the sum of squares of every tensor's g.
+void cuda_grad_sum_squares_multi(cudaStream_t s, double *out, const CudaAdamWTensor *tensors,
+                                 const CudaTensorChunk *chunks, int n_chunks);
 // From a device double holding the sum of squares of all gradients: *norm =
 // sqrt(sum) (fp32, device) and *coef = max_norm / (norm + 1e-6) clamped to 1
 // (1 when max_norm <= 0), as torch.nn.utils.clip_grad_norm_.
