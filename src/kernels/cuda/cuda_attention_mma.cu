@@ -58,7 +58,8 @@
 // ---------------------------------------------------------------- forward
 //
 // Block = 4 warps = 64 query rows of one (b, h); warp w owns rows 16w..16w+15.
-// Q goes once into shared memory and into A fragments (registers). Key
+// Q goes once through shared memory (the second K buffer, not yet in use)
+// into A fragments (registers). Key
 // tiles of 64 (only up to the diagonal under causal; tiles whose keys are
 // all masked are skipped) are brought in with cp.async, double-buffered: the
 // next tile's K and V load while this one is computed. Per tile and warp:
@@ -181,8 +182,8 @@ static void check_launch(const char *what) {
 template <int D> struct MmaLayout {
     static const int LD = D + 8;  // row stride (elements) of the [64][D] bf16 tiles
     static const size_t TILE_BYTES = sizeof(bf16) * MMA_TILE * LD;
-    // forward: Q | K[2] | V[2] | key_ok[2][64]
-    static const size_t FORWARD_BYTES = 5 * TILE_BYTES + 2 * MMA_TILE * sizeof(int);
+    // forward: (K, V)[2] | key_ok[2][64]; Q passes through buffer 1's K
+    static const size_t FORWARD_BYTES = 4 * TILE_BYTES + 2 * MMA_TILE * sizeof(int);
     // backward: K | V | Q[2] | dO[2] | dS^T [64][72] bf16 | lse2[2][64], delta[2][64] | key_ok[64]
     static const size_t DS_BYTES = sizeof(bf16) * MMA_TILE * MMA_LD_DS;
     static const size_t BACKWARD_BYTES = 6 * TILE_BYTES + DS_BYTES + 4 * MMA_TILE * sizeof(float) +
@@ -229,8 +230,11 @@ __global__ void __launch_bounds__(MMA_THREADS)
                        const int32_t *key_mask, int L, int Hq, int Hkv, int causal, float scale) {
     const int LD = D + 8, NK = D / 16, ND = D / 8;  // k-steps over D; 8-column n-tiles over D
     extern __shared__ __align__(128) unsigned char smem[];
-    bf16 *sQ = (bf16 *)smem, *sKV = sQ + MMA_TILE * LD;  // sKV: buffer t = K at 2t, V at 2t + 1 tiles
-    int *key_ok = (int *)(smem + 5 * MmaLayout<D>::TILE_BYTES);  // [2][64]
+    bf16 *sKV = (bf16 *)smem;  // buffer t: K = tile 2t, V = tile 2t + 1
+    // Q is needed only until it is in registers: it goes through buffer 1's
+    // K tile, which the first prefetch overwrites after a barrier.
+    bf16 *sQ = sKV + 2 * MMA_TILE * LD;
+    int *key_ok = (int *)(smem + 4 * MmaLayout<D>::TILE_BYTES);  // [2][64]
 
     int b = blockIdx.x / Hq, h = blockIdx.x % Hq, g = h / (Hq / Hkv);
     int i0 = (gridDim.y - 1 - blockIdx.y) * MMA_TILE;  // the longest (last) query tiles start first
@@ -243,7 +247,7 @@ __global__ void __launch_bounds__(MMA_THREADS)
     int key_end = causal ? min(L, i0 + MMA_TILE) : L;
     float scale_log2 = scale * LOG2E;
 
-    // Q (group 1), then the first key tile (group 2).
+    // Q (group 1), then the first key tile into buffer 0 (group 2).
     cp_async_tile<D>(sQ, Q, qs, i0, L);
     cp_async_commit();
     int j0 = next_key_tile(0, key_end, L, mask_row, key_ok);
@@ -258,6 +262,7 @@ __global__ void __launch_bounds__(MMA_THREADS)
 #pragma unroll
     for (int kk = 0; kk < NK; kk++)
         ldmatrix_x4(qa[kk], sQ + (16 * warp + lane % 8 + 8 * ((lane / 8) % 2)) * LD + 16 * kk + 8 * (lane / 16));
+    __syncthreads();  // every warp has its Q fragments before buffer 1 is refilled
 
     float o[ND][4];  // O rows gid, gid + 8 of the warp; n-tile n = columns 8n..8n+7
 #pragma unroll
@@ -629,8 +634,12 @@ static void bf16_from_f32(cudaStream_t s, uint16_t *dst, const float *src, size_
 
 // ------------------------------------------------------------ host side
 
+// Allows `bytes` of dynamic shared memory, and asks for the largest
+// shared-memory carveout (a hint) so that 2-3 such blocks fit per SM.
 template <typename Kernel> static void set_smem(Kernel kernel, size_t bytes, const char *name, int D) {
     cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
+    if (e == cudaSuccess)
+        e = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
     if (e != cudaSuccess)
         fprintf(stderr, "cuda_attention: %s<%d> cannot have %zu bytes of shared memory: %s\n", name, D, bytes,
                 cudaGetErrorString(e));
