@@ -51,9 +51,10 @@
 //     -> a0..a3 in registers 0..3.
 //
 // Shared tiles are [64][D + 8] bf16 (and [64][72] for dS^T): the 16 bytes of
-// padding per row put the 8 row addresses of every ldmatrix phase on
-// distinct bank groups (row strides of 272, 176, 144 bytes at D = 128, 80,
-// 64 are 4 mod 32 words ... or 12: all distinct multiples of 4 mod 32).
+// padding per row put the 8 rows (16 bytes = 4 banks each) read by every
+// ldmatrix phase on distinct banks. Row strides of 272, 176, 144 bytes at
+// D = 128, 80, 64 are 68, 44, 36 words, i.e. 4, 12, 4 mod 32: 8 consecutive
+// rows start at 8 distinct multiples of 4 banks.
 //
 // ---------------------------------------------------------------- forward
 //
