@@ -57,7 +57,7 @@ if has parity; then
         note "$p: rc $? -- $(tail -1 "$out/$p.txt")"
         grep -E '^FAIL' "$out/$p.txt" | head -20 | tee -a "$summary"
     done
-    grep -iE 'ms|TFLOP' "$out/attention_parity.txt" | tail -8 | tee -a "$summary"
+    sed -n '/^== timing/,/^$/p' "$out/attention_parity.txt" | head -14 | tee -a "$summary"
 fi
 if has model; then
     timeout 420 "$py" tests/python/runner.py "$carry" test_cuda.test_cuda_step >"$out/model.txt" 2>&1

@@ -1,6 +1,8 @@
-// attention_parity: the CUDA attention (both implementations, "simple" and
-// "flash") against the CPU attention_forward/backward of kernels.h, then a
-// timing table. Run on a machine with a GPU:
+// attention_parity: the CUDA attention (every implementation: "simple",
+// "flash", "mma", and mma with the backward's GQA group kept in one block,
+// VLFT_CUDA_ATTENTION_SPLIT=1) against the CPU attention_forward/backward of
+// kernels.h, each fast one against simple, then a timing table. Run on a
+// machine with a GPU:
 //   build-cuda/tests/cuda/attention_parity [--no-timing]
 // Exit 0 when every check passes, 1 when one fails, 77 when no CUDA device.
 //
@@ -217,9 +219,31 @@ static void dev_free(CudaContext *ctx, Dev *d) {
 // Poison with 0xFF bytes: bf16 0xFFFF and fp32 0xFFFFFFFF are both NaN.
 static void poison(CudaContext *ctx, void *p, size_t bytes) { cudaMemsetAsync(p, 0xFF, bytes, cuda_stream(ctx)); }
 
-static void run_impl(CudaContext *ctx, const char *impl, const Shape *s, const Host *h, Dev *d, Result *r) {
+// An implementation as the environment selects it: VLFT_CUDA_ATTENTION and
+// VLFT_CUDA_ATTENTION_SPLIT (unset when split is NULL: mma picks a split).
+typedef struct {
+    const char *label, *impl, *split;
+} Impl;
+
+enum { N_IMPLS = 4 };
+static const Impl IMPLS[N_IMPLS] = {
+    {"simple", "simple", NULL},
+    {"flash", "flash", NULL},
+    {"mma", "mma", NULL},       // small shapes: the group split over blocks, dK/dV through fp32 atomics
+    {"mma-s1", "mma", "1"},     // each block loops over its whole group, writes dK/dV directly
+};
+
+static void select_impl(const Impl *m) {
+    setenv("VLFT_CUDA_ATTENTION", m->impl, 1);
+    if (m->split)
+        setenv("VLFT_CUDA_ATTENTION_SPLIT", m->split, 1);
+    else
+        unsetenv("VLFT_CUDA_ATTENTION_SPLIT");
+}
+
+static void run_impl(CudaContext *ctx, const Impl *impl, const Shape *s, const Host *h, Dev *d, Result *r) {
     Error err;
-    setenv("VLFT_CUDA_ATTENTION", impl, 1);
+    select_impl(impl);
     cudaStream_t st = cuda_stream(ctx);
     float scale = 1.0f / sqrtf((float)s->D);
     poison(ctx, d->out, 2 * h->nq), poison(ctx, d->lse, 4 * h->nlse);
@@ -243,8 +267,6 @@ static void run_impl(CudaContext *ctx, const char *impl, const Shape *s, const H
 static void result_free(Result *r) { free(r->out), free(r->lse), free(r->dq), free(r->dk), free(r->dv); }
 
 // Thresholds: bf16 outputs 1e-2, lse (fp32 from fp32 math) 1e-5.
-enum { N_IMPLS = 2 };
-static const char *const IMPLS[N_IMPLS] = {"simple", "flash"};
 
 static void check_shape(CudaContext *ctx, Tally *t, const Shape *s) {
     Host h;
@@ -253,47 +275,50 @@ static void check_shape(CudaContext *ctx, Tally *t, const Shape *s) {
     dev_init(ctx, &d, &h, s);
     Result r[N_IMPLS];
     for (int m = 0; m < N_IMPLS; m++) {
-        // The implementation that really runs for this D (flash falls back to simple where D is not a multiple of 16).
-        setenv("VLFT_CUDA_ATTENTION", IMPLS[m], 1);
+        // The implementation that really runs for this D (flash and mma fall back where D is not a multiple of 16).
+        select_impl(&IMPLS[m]);
         const char *ran = cuda_attention_impl(s->D);
-        run_impl(ctx, IMPLS[m], s, &h, &d, &r[m]);
+        run_impl(ctx, &IMPLS[m], s, &h, &d, &r[m]);
         char name[96];
         size_t unwritten, mismatched;
         double e;
         e = rel_err_bf16(r[m].out, h.out, h.nq, &unwritten);
-        snprintf(name, sizeof name, "%s/%s %s", IMPLS[m], ran, "out");
+        snprintf(name, sizeof name, "%s/%s %s", IMPLS[m].label, ran, "out");
         report(t, name, s, e, 1e-2, unwritten, 0);
         e = rel_err_lse(r[m].lse, h.lse, h.nlse, &unwritten, &mismatched);
-        snprintf(name, sizeof name, "%s/%s %s", IMPLS[m], ran, "lse");
+        snprintf(name, sizeof name, "%s/%s %s", IMPLS[m].label, ran, "lse");
         report(t, name, s, e, 1e-5, unwritten, mismatched);
         e = rel_err_bf16(r[m].dq, h.dq, h.nq, &unwritten);
-        snprintf(name, sizeof name, "%s/%s %s", IMPLS[m], ran, "dq");
+        snprintf(name, sizeof name, "%s/%s %s", IMPLS[m].label, ran, "dq");
         report(t, name, s, e, 1e-2, unwritten, 0);
         e = rel_err_bf16(r[m].dk, h.dk, h.nkv, &unwritten);
-        snprintf(name, sizeof name, "%s/%s %s", IMPLS[m], ran, "dk");
+        snprintf(name, sizeof name, "%s/%s %s", IMPLS[m].label, ran, "dk");
         report(t, name, s, e, 1e-2, unwritten, 0);
         e = rel_err_bf16(r[m].dv, h.dv, h.nkv, &unwritten);
-        snprintf(name, sizeof name, "%s/%s %s", IMPLS[m], ran, "dv");
+        snprintf(name, sizeof name, "%s/%s %s", IMPLS[m].label, ran, "dv");
         report(t, name, s, e, 1e-2, unwritten, 0);
     }
-    // flash against simple directly (simple's bf16 outputs as the reference).
-    struct {
-        const char *what;
-        const uint16_t *flash, *simple;
-        size_t n;
-    } pairs[] = {{"out", r[1].out, r[0].out, h.nq},
-                 {"dq", r[1].dq, r[0].dq, h.nq},
-                 {"dk", r[1].dk, r[0].dk, h.nkv},
-                 {"dv", r[1].dv, r[0].dv, h.nkv}};
-    for (int p = 0; p < 4; p++) {
-        float *ref = xmalloc(sizeof(float) * pairs[p].n);
-        f32_from_bf16(ref, pairs[p].simple, pairs[p].n);
-        size_t unwritten;
-        double e = rel_err_bf16(pairs[p].flash, ref, pairs[p].n, &unwritten);
-        char name[64];
-        snprintf(name, sizeof name, "flash-vs-simple %s", pairs[p].what);
-        report(t, name, s, e, 1e-2, unwritten, 0);
-        free(ref);
+    // Each fast implementation against simple directly (simple's bf16
+    // outputs as the reference).
+    for (int m = 1; m < N_IMPLS; m++) {
+        struct {
+            const char *what;
+            const uint16_t *fast, *simple;
+            size_t n;
+        } pairs[] = {{"out", r[m].out, r[0].out, h.nq},
+                     {"dq", r[m].dq, r[0].dq, h.nq},
+                     {"dk", r[m].dk, r[0].dk, h.nkv},
+                     {"dv", r[m].dv, r[0].dv, h.nkv}};
+        for (int p = 0; p < 4; p++) {
+            float *ref = xmalloc(sizeof(float) * pairs[p].n);
+            f32_from_bf16(ref, pairs[p].simple, pairs[p].n);
+            size_t unwritten;
+            double e = rel_err_bf16(pairs[p].fast, ref, pairs[p].n, &unwritten);
+            char name[64];
+            snprintf(name, sizeof name, "%s-vs-simple %s", IMPLS[m].label, pairs[p].what);
+            report(t, name, s, e, 1e-2, unwritten, 0);
+            free(ref);
+        }
     }
     for (int m = 0; m < N_IMPLS; m++) result_free(&r[m]);
     dev_free(ctx, &d);
@@ -357,15 +382,15 @@ static void timing(CudaContext *ctx, Tally *t) {
         double fwd_flop = 4.0 * s->B * s->Hq * (double)s->L * s->L * s->D / (s->causal ? 2 : 1);
         double bwd_flop = 2.5 * fwd_flop;
         for (int m = 0; m < N_IMPLS; m++) {
-            setenv("VLFT_CUDA_ATTENTION", IMPLS[m], 1);
+            select_impl(&IMPLS[m]);
             float f = time_median(ctx, s, &d, 0, 20), b = time_median(ctx, s, &d, 1, 20);
             Error err;
             if (cuda_sync(ctx, &err) != 0) {
-                printf("FAIL timing %s %s: %s\n", s->name, IMPLS[m], err.message);
+                printf("FAIL timing %s %s: %s\n", s->name, IMPLS[m].label, err.message);
                 t->failed++;
                 continue;
             }
-            printf("%-12s %-7s %9.3f %9.1f %9.3f %9.1f %9.3f %9.1f\n", s->name, cuda_attention_impl(s->D), f,
+            printf("%-12s %-7s %9.3f %9.1f %9.3f %9.1f %9.3f %9.1f\n", s->name, IMPLS[m].label, f,
                    fwd_flop / f / 1e9, b, bwd_flop / b / 1e9, f + b, (fwd_flop + bwd_flop) / (f + b) / 1e9);
             fflush(stdout);
         }
@@ -400,6 +425,12 @@ int main(int argc, char **argv) {
         {"gqa 300", 2, 300, 8, 2, 64, 1, 1},
         {"yi 1100", 1, 1100, 32, 4, 128, 1, 0},
         {"clip", 1, 1025, 16, 16, 80, 0, 0},
+        // mma at its real head sizes with the corners: rows that see no key and
+        // whole key tiles masked (lpad, GQA, D=128), a key mask without causal
+        // at D=80 with L not a multiple of 64, and a single KV head at D=64.
+        {"d128 lpad gqa", 2, 200, 8, 2, 128, 1, 2},
+        {"d80 full mask", 2, 130, 4, 4, 80, 0, 1},
+        {"d64 full lpad mqa", 2, 100, 4, 1, 64, 0, 2},
     };
     Tally t = {0, 0};
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) check_shape(ctx, &t, &shapes[i]);

@@ -207,9 +207,10 @@ void cuda_attention_backward(cudaStream_t s, uint16_t *dq, uint16_t *dk, uint16_
                              const uint16_t *out, const float *lse, const uint16_t *q, const uint16_t *k,
                              const uint16_t *v, const int32_t *key_mask, int B, int L, int Hq, int Hkv, int D,
                              int causal, float scale, void *workspace);
-// Which implementation runs: "flash" (tensor-core tiles) or "simple" (one
-// query row per warp, fp32 CUDA cores; the reference). VLFT_CUDA_ATTENTION=
-// flash|simple forces one; default flash where D is supported.
+// Which implementation runs: "flash" (tensor-core tiles), "mma" (FA2 on
+// mma.sync, register-resident accumulators) or "simple" (one query row per
+// warp, fp32 CUDA cores; the reference). VLFT_CUDA_ATTENTION=
+// flash|mma|simple forces one; default flash where D is supported.
 const char *cuda_attention_impl(int D);
 
 #endif

@@ -6,11 +6,13 @@
 // scores. A query row that sees no key at all gets out = 0 and lse = +inf,
 // and the backward passes no gradient through it (as the CPU does).
 //
-// Two implementations:
+// Three implementations:
 //   "simple": one warp per query row (forward, dq) or per key row (dk, dv),
 //     fp32 math on CUDA cores, online softmax, no L x L buffer, no atomics,
-//     deterministic. The reference the fast one is checked against.
+//     deterministic. The reference the fast ones are checked against.
 //   "flash": FlashAttention-2 style tiles on tensor cores (see the second half).
+//   "mma": FlashAttention-2 on mma.sync with register-resident accumulators
+//     (cuda_attention_mma.cu); chosen only by VLFT_CUDA_ATTENTION=mma for now.
 // cuda_attention_impl() says which runs.
 #include <cuda_bf16.h>
 #include <math.h>
@@ -21,6 +23,7 @@
 extern "C" {
 #include "cuda.h"
 }
+#include "cuda_attention_mma.h"
 
 // ------------------------------------------------------------ helpers
 
@@ -108,7 +111,9 @@ static int flash_supported(int D) { return D >= 16 && D <= 128 && D % 16 == 0; }
 const char *cuda_attention_impl(int D) {
     const char *force = getenv("VLFT_CUDA_ATTENTION");
     if (force != NULL && strcmp(force, "simple") == 0) return "simple";
-    // "flash" forced, or the default: flash where its tiles fit D.
+    if (force != NULL && strcmp(force, "mma") == 0 && mma_attention_supported(D)) return "mma";
+    // "flash" forced (or "mma" for a D it has no tiles for), or the default:
+    // flash where its tiles fit D.
     return flash_supported(D) ? "flash" : "simple";
 }
 
@@ -750,7 +755,12 @@ void cuda_attention_forward(cudaStream_t s, uint16_t *out, float *lse, const uin
                             const uint16_t *v, const int32_t *key_mask, int B, int L, int Hq, int Hkv, int D,
                             int causal, float scale) {
     if (!attention_args_ok("cuda_attention_forward", q, k, v, B, L, Hq, Hkv, D)) return;
-    if (strcmp(cuda_attention_impl(D), "flash") == 0 &&
+    const char *impl = cuda_attention_impl(D);
+    // mma declines (returns 0) only for an unaligned out; flash then runs.
+    if (strcmp(impl, "mma") == 0 &&
+        mma_attention_forward(s, out, lse, q, k, v, key_mask, B, L, Hq, Hkv, D, causal, scale))
+        return;
+    if (strcmp(impl, "simple") != 0 &&
         flash_forward_for(D, s, out, lse, q, k, v, key_mask, B, L, Hq, Hkv, causal, scale))
         return;
     simple_forward(s, out, lse, q, k, v, key_mask, B, L, Hq, Hkv, D, causal, scale);
@@ -765,7 +775,13 @@ void cuda_attention_backward(cudaStream_t s, uint16_t *dq, uint16_t *dk, uint16_
     workspace_layout(B, L, Hq, Hkv, D, workspace, &w);
     delta_kernel<<<warp_blocks((long)B * Hq * L), SIMPLE_WARPS * 32, 0, s>>>(w.delta, dout, out, B, L, Hq, D);
     check_launch("delta_kernel");
-    if (strcmp(cuda_attention_impl(D), "flash") == 0 &&
+    const char *impl = cuda_attention_impl(D);
+    // mma declines (returns 0) only for unaligned pointers; flash then runs.
+    if (strcmp(impl, "mma") == 0 &&
+        mma_attention_backward(s, dq, dk, dv, dout, lse, w.delta, w.dq, w.dk, w.dv, q, k, v, key_mask, B, L, Hq, Hkv,
+                               D, causal, scale))
+        return;
+    if (strcmp(impl, "simple") != 0 &&
         flash_backward_for(D, s, dq, dk, dv, dout, lse, &w, q, k, v, key_mask, B, L, Hq, Hkv, causal, scale))
         return;
     simple_backward(s, dq, dk, dv, dout, lse, w.delta, q, k, v, key_mask, B, L, Hq, Hkv, D, causal, scale);
