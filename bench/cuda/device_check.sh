@@ -53,11 +53,18 @@ if has info; then
 fi
 if has parity; then
     for p in kernel_parity attention_parity; do
-        timeout 240 "$carry/tests/cuda/$p" >"$out/$p.txt" 2>&1
+        timeout 300 "$carry/tests/cuda/$p" >"$out/$p.txt" 2>&1
         note "$p: rc $? -- $(tail -1 "$out/$p.txt")"
         grep -E '^FAIL' "$out/$p.txt" | head -20 | tee -a "$summary"
     done
     sed -n '/^== timing/,/^$/p' "$out/attention_parity.txt" | head -14 | tee -a "$summary"
+    # ATTENTION=auto-mma: the later stages use the mma attention when every mma check passed.
+    if [ "${ATTENTION:-}" = auto-mma ]; then
+        if grep -q '^PASS mma' "$out/attention_parity.txt" && ! grep -q '^FAIL' "$out/attention_parity.txt"; then
+            export VLFT_CUDA_ATTENTION=mma
+        fi
+        note "attention for the later stages: ${VLFT_CUDA_ATTENTION:-default}"
+    fi
 fi
 if has model; then
     timeout 420 "$py" tests/python/runner.py "$carry" test_cuda.test_cuda_step >"$out/model.txt" 2>&1
@@ -76,12 +83,25 @@ if has bench-lora || has bench-full; then
     if has bench-lora; then
         timeout 400 "$py" bench/cuda/yi_vl_6b.py --model /tmp/yi6b --mode lora --cases "${BENCH_CASES:-demo1,demo4,long1}" \
             --checkpointing "${BENCH_CKPT:-1,0}" --out "$out/bench_lora.json" >"$out/bench_lora.txt" 2>&1
-        tail -8 "$out/bench_lora.txt" | tee -a "$summary"
+        tail -16 "$out/bench_lora.txt" | tee -a "$summary"
+        if [ -n "${BENCH_PROFILE:-}" ]; then
+            # part timings from CUDA events (a separate run: the events cost a little)
+            VLFT_CUDA_PROFILE=1 timeout 200 "$py" bench/cuda/yi_vl_6b.py --model /tmp/yi6b --mode lora --repeat 2 \
+                --cases "$BENCH_PROFILE" --checkpointing 1,0 >"$out/bench_profile.txt" 2>&1
+            grep -E '^[a-z0-9]+ ckpt' "$out/bench_profile.txt" | tee -a "$summary"
+        fi
+        if [ -n "${BENCH_COMPARE_DEFAULT:-}" ] && [ -n "${VLFT_CUDA_ATTENTION:-}" ]; then
+            # the same case with the default attention, for the side-by-side ratio
+            VLFT_CUDA_ATTENTION= timeout 200 "$py" bench/cuda/yi_vl_6b.py --model /tmp/yi6b --mode lora \
+                --cases "$BENCH_COMPARE_DEFAULT" --checkpointing 1 --out "$out/bench_lora_default.json" \
+                >"$out/bench_lora_default.txt" 2>&1
+            tail -4 "$out/bench_lora_default.txt" | tee -a "$summary"
+        fi
     fi
     if has bench-full; then
         timeout 400 "$py" bench/cuda/yi_vl_6b.py --model /tmp/yi6b --mode full --cases "${BENCH_CASES_FULL:-demo1,demo4}" \
             --checkpointing 1 --out "$out/bench_full.json" >"$out/bench_full.txt" 2>&1
-        tail -6 "$out/bench_full.txt" | tee -a "$summary"
+        tail -10 "$out/bench_full.txt" | tee -a "$summary"
     fi
 fi
 echo "== summary"

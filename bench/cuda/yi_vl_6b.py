@@ -104,6 +104,10 @@ def run(model, batch_path, flags, repeat):
         return None
     stats = json.loads(r.stdout.strip().splitlines()[-1])
     stats["wall"] = time.time() - start
+    # VLFT_CUDA_PROFILE=1: the last step's part timings
+    prof = [line for line in r.stderr.splitlines() if line.startswith("cuda profile (train step)")]
+    opt = [line for line in r.stderr.splitlines() if line.startswith("cuda profile (optimizer)")]
+    stats["profile"] = (prof[-1] if prof else "") + (" | " + opt[-1] if opt else "")
     return stats
 
 
@@ -147,7 +151,8 @@ def main():
                        mfu_measured=(flops / step / peak) if peak else None,
                        gpu_peak_gib=stats["gpu_peak_bytes"] / 2 ** 30,
                        gpu_weights_gib=stats["gpu_weights_bytes"] / 2 ** 30,
-                       load_s=stats["load_seconds"], loss=stats["loss"], device=stats["device"])
+                       load_s=stats["load_seconds"], loss=stats["loss"], device=stats["device"],
+                       attention=os.environ.get("VLFT_CUDA_ATTENTION", "default"), profile=stats["profile"])
             rows.append(row)
             print(json.dumps(row), flush=True)
     print(f"\nYi-VL-6B {args.mode} on {rows[0].get('device') if rows else '?'}; cuBLAS peak measured "
@@ -161,6 +166,9 @@ def main():
         mm = f"{r['mfu_measured']:.3f}" if r["mfu_measured"] else "-"
         print(f"{r['case']:6} {r['B']:>2} {r['L']:>5} {r['ckpt']:>4} {r['step_s']:8.3f} {r['samples_per_s']:9.2f} "
               f"{r['tflops']:8.1f} {r['mfu_datasheet']:6.3f} {mm:>7} {r['gpu_peak_gib']:8.1f}")
+    for r in rows:
+        if r.get("profile"):
+            print(f"{r['case']} ckpt {r['ckpt']}: {r['profile']}")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(dict(rows=rows, peak_measured=peak), f, indent=1)
