@@ -90,17 +90,17 @@ if has bench-lora || has bench-full; then
                 --cases "$BENCH_PROFILE" --checkpointing 1,0 >"$out/bench_profile.txt" 2>&1
             grep -E '^[a-z0-9]+ ckpt' "$out/bench_profile.txt" | tee -a "$summary"
         fi
-        if [ -n "${BENCH_COMPARE_DEFAULT:-}" ] && [ -n "${VLFT_CUDA_ATTENTION:-}" ]; then
-            # the same case with the default attention, for the side-by-side ratio
-            VLFT_CUDA_ATTENTION= timeout 200 "$py" bench/cuda/yi_vl_6b.py --model /tmp/yi6b --mode lora \
-                --cases "$BENCH_COMPARE_DEFAULT" --checkpointing 1 --out "$out/bench_lora_default.json" \
-                >"$out/bench_lora_default.txt" 2>&1
-            tail -4 "$out/bench_lora_default.txt" | tee -a "$summary"
+        if [ -n "${BENCH_COMPARE_FLASH:-}" ]; then
+            # the same cases with the older wmma "flash" attention, for the side-by-side ratio
+            VLFT_CUDA_ATTENTION=flash timeout 200 "$py" bench/cuda/yi_vl_6b.py --model /tmp/yi6b --mode lora \
+                --cases "$BENCH_COMPARE_FLASH" --checkpointing 1 --out "$out/bench_lora_flash.json" \
+                >"$out/bench_lora_flash.txt" 2>&1
+            tail -4 "$out/bench_lora_flash.txt" | tee -a "$summary"
         fi
     fi
     if has bench-full; then
         timeout 400 "$py" bench/cuda/yi_vl_6b.py --model /tmp/yi6b --mode full --cases "${BENCH_CASES_FULL:-demo1,demo4}" \
-            --checkpointing 1 --out "$out/bench_full.json" >"$out/bench_full.txt" 2>&1
+            --checkpointing "${BENCH_FULL_CKPT:-1}" --out "$out/bench_full.json" >"$out/bench_full.txt" 2>&1
         tail -10 "$out/bench_full.txt" | tee -a "$summary"
     fi
 fi

@@ -210,7 +210,7 @@ void cuda_attention_backward(cudaStream_t s, uint16_t *dq, uint16_t *dk, uint16_
 // Which implementation runs: "flash" (tensor-core tiles), "mma" (FA2 on
 // mma.sync, register-resident accumulators) or "simple" (one query row per
 // warp, fp32 CUDA cores; the reference). VLFT_CUDA_ATTENTION=
-// flash|mma|simple forces one; default flash where D is supported.
+// flash|mma|simple forces one; default mma where D is supported (multiples of 16 up to 128).
 const char *cuda_attention_impl(int D);
 
 #endif
