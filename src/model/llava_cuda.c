@@ -696,14 +696,7 @@ int llava_cuda_run(LlavaModel *m, const LlavaBatch *b, int mode, float grad_scal
         return error_set(err, "out of memory");
     }
     int32_t *image_index = host_i32, *targets = host_i32 + N, *row_index = host_i32 + 2 * N, *row_targets = host_i32 + 3 * N;
-    for (int i = 0, k = 0; i < N; i++)
-        if (c->has_vision && b->input_ids[i] == c->image_token_index) {
-            image_index[k++] = i;
-            is_image[i] = 1;
-        }
-    for (int bi = 0; bi < B; bi++)
-        for (int ti = 0; ti < L; ti++)
-            targets[bi * L + ti] = (ti + 1 < L && b->labels) ? b->labels[bi * L + ti + 1] : KERNEL_IGNORE_INDEX;
+    llava_batch_positions(m, b, image_index, is_image, targets);
     int count = 0;
     for (int i = 0; i < N; i++)
         if (targets[i] != KERNEL_IGNORE_INDEX) {

@@ -454,6 +454,20 @@ static int check_batch(const LlavaModel *m, const LlavaBatch *b, int *image_rows
     return 0;
 }
 
+void llava_batch_positions(const LlavaModel *m, const LlavaBatch *b, int32_t *image_index, uint8_t *is_image,
+                           int32_t *targets) {
+    const ModelConfig *c = &m->config;
+    int B = b->batch_size, L = b->seq_len, N = B * L;
+    for (int i = 0, k = 0; i < N; i++) {
+        is_image[i] = c->has_vision && b->input_ids[i] == c->image_token_index;
+        if (is_image[i]) image_index[k++] = i;
+    }
+    // Shifted labels: position t predicts labels[t + 1]; the last of each row predicts nothing.
+    for (int bi = 0; bi < B; bi++)
+        for (int ti = 0; ti < L; ti++)
+            targets[bi * L + ti] = (ti + 1 < L && b->labels) ? b->labels[bi * L + ti + 1] : KERNEL_IGNORE_INDEX;
+}
+
 typedef enum { RUN_TRAIN, RUN_LOSS, RUN_LOGITS } RunMode;
 
 static int run(LlavaModel *m, const LlavaBatch *b, RunMode mode, float grad_scale, double *loss_out, int *count_out,
@@ -488,17 +502,8 @@ static int run(LlavaModel *m, const LlavaBatch *b, RunMode mode, float grad_scal
     size_t features_n = 0, vision_features_n = 0, kept_forward = 0, kept_vision_forward = 0;
     int vision_features_scratch = 0, forward_done = 0;
     if (!image_index || !is_image || !targets || !ta || (checkpoint && !text_rng)) goto oom;
-    memset(is_image, 0, (size_t)N);
     memset(ta, 0, sizeof(TextActs) * ((size_t)tc->num_hidden_layers + 1));
-    for (int i = 0, k = 0; i < N; i++)
-        if (c->has_vision && b->input_ids[i] == c->image_token_index) {
-            image_index[k++] = i;
-            is_image[i] = 1;
-        }
-    // Shifted labels: position t predicts labels[t + 1]; the last of each row predicts nothing.
-    for (int bi = 0; bi < B; bi++)
-        for (int ti = 0; ti < L; ti++)
-            targets[bi * L + ti] = (ti + 1 < L && b->labels) ? b->labels[bi * L + ti + 1] : KERNEL_IGNORE_INDEX;
+    llava_batch_positions(m, b, image_index, is_image, targets);
 
     int projector_keep = train && (m->projector_trainable || m->vision_trainable);
     if (b->n_images > 0) {

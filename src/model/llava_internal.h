@@ -178,6 +178,12 @@ int llava_hook(LlavaModel *m, LlavaHookPoint point, LlavaLayerGroup group, int i
 int llava_embed_inputs(LlavaModel *m, const int32_t *ids, int L, int n_images, const float *pixel_values, float *x,
                        Error *err);
 
+// llava_forward.c: where a batch's image tokens are (image_index [image
+// rows], is_image [B*L] 0/1) and the shifted targets (targets [B*L]:
+// position t predicts labels[t + 1], -100 where nothing is predicted).
+void llava_batch_positions(const LlavaModel *m, const LlavaBatch *b, int32_t *image_index, uint8_t *is_image,
+                           int32_t *targets);
+
 // llava_cuda.c (built with CUDA=1 only): the GPU copy of the model and its step.
 int llava_cuda_attach(LlavaModel *m, Error *err);
 void llava_cuda_detach(LlavaModel *m);
