@@ -667,10 +667,6 @@ static void text_layer_backward(LlavaModel *m, const TextLayer *l, const DevText
 
 typedef enum { CUDA_RUN_TRAIN, CUDA_RUN_LOSS, CUDA_RUN_LOGITS } CudaRunMode;
 
-static int upload_step(LlavaCuda *d, void *dst, const void *src, size_t bytes) {
-    cuda_upload_async(d->ctx, dst, src, bytes);
-    return 0;
-}
 
 // The shared step (llava_forward.c's run() on the GPU). Host-side index
 // lists are built here and uploaded once.
@@ -715,12 +711,12 @@ int llava_cuda_run(LlavaModel *m, const LlavaBatch *b, int mode, float grad_scal
     int32_t *d_targets = dev_arena_alloc(d, K, sizeof(int32_t) * (size_t)(rows + 1));
     uint8_t *d_is_image = dev_arena_alloc(d, K, (size_t)N + 1);
     if (d->failed) goto fail;
-    upload_step(d, d_ids, b->input_ids, sizeof(int32_t) * (size_t)N);
-    if (d_mask) upload_step(d, d_mask, b->attention_mask, sizeof(int32_t) * (size_t)N);
-    upload_step(d, d_image_index, image_index, sizeof(int32_t) * (size_t)image_rows);
-    upload_step(d, d_row_index, row_index, sizeof(int32_t) * (size_t)count);
-    upload_step(d, d_targets, head_targets, sizeof(int32_t) * (size_t)rows);
-    upload_step(d, d_is_image, is_image, (size_t)N);
+    cuda_upload_async(d->ctx, d_ids, b->input_ids, sizeof(int32_t) * (size_t)N);
+    if (d_mask) cuda_upload_async(d->ctx, d_mask, b->attention_mask, sizeof(int32_t) * (size_t)N);
+    cuda_upload_async(d->ctx, d_image_index, image_index, sizeof(int32_t) * (size_t)image_rows);
+    cuda_upload_async(d->ctx, d_row_index, row_index, sizeof(int32_t) * (size_t)count);
+    cuda_upload_async(d->ctx, d_targets, head_targets, sizeof(int32_t) * (size_t)rows);
+    cuda_upload_async(d->ctx, d_is_image, is_image, (size_t)N);
     cuda_zero(d->ctx, d->loss_sum, sizeof(double));
 
     // ---- vision tower and projector
@@ -732,7 +728,7 @@ int llava_cuda_run(LlavaModel *m, const LlavaBatch *b, int mode, float grad_scal
         size_t npix = (size_t)b->n_images * vc->num_channels * vc->image_size * vc->image_size;
         float *pixels = af(d, W, npix);
         if (d->failed) goto fail;
-        upload_step(d, pixels, b->pixel_values, npix * sizeof(float));
+        cuda_upload_async(d->ctx, pixels, b->pixel_values, npix * sizeof(float));
         // Features and the projector's kept values go below the text's (kept
         // arena when the projector trains, else work, released after the scatter).
         DevArena *pa = projector_keep ? K : W;
