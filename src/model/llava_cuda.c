@@ -293,19 +293,17 @@ static void *dmalloc(LlavaCuda *d, size_t bytes, const char *what, Error *err) {
 static int attach_weight(LlavaCuda *d, const Weight *w, DevWeight *dw, Error *err) {
     const char *name = w->entry->name;
     size_t n = w->numel;
+    if (w->compute_bf16) {
+        if (!(dw->bf16 = dmalloc(d, n * 2, name, err))) return -1;
+        if (w->bf16) {
+            if (cuda_upload(d->ctx, dw->bf16, w->bf16, n * 2, err) != 0) return -1;
+        } else if (upload_f32_as_bf16(d, dw->bf16, w->data, n, err) != 0) return -1;
+    }
     if (!w->compute_bf16 || w->trainable) {
         if (!(dw->f32 = dmalloc(d, n * 4, name, err))) return -1;
         if (w->data) {
             if (cuda_upload(d->ctx, dw->f32, w->data, n * 4, err) != 0) return -1;
         } else if (upload_bf16_as_f32(d, dw->f32, w->bf16, n, err) != 0) return -1;
-    }
-    if (w->compute_bf16) {
-        if (!(dw->bf16 = dmalloc(d, n * 2, name, err))) return -1;
-        if (w->bf16) {
-            if (cuda_upload(d->ctx, dw->bf16, w->bf16, n * 2, err) != 0) return -1;
-        } else if (dw->f32) {
-            cuda_bf16_from_f32(d->s, dw->bf16, dw->f32, n);  // a trained weight: its master, already there
-        } else if (upload_f32_as_bf16(d, dw->bf16, w->data, n, err) != 0) return -1;
     }
     if (w->trainable) {
         if (!(dw->grad = dmalloc(d, n * 4, name, err))) return -1;
@@ -668,6 +666,7 @@ static void text_layer_backward(LlavaModel *m, const TextLayer *l, const DevText
 // ------------------------------------------------------------ the step
 
 typedef enum { CUDA_RUN_TRAIN, CUDA_RUN_LOSS, CUDA_RUN_LOGITS } CudaRunMode;
+
 
 // The shared step (llava_forward.c's run() on the GPU). Host-side index
 // lists are built here and uploaded once.
