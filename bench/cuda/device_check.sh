@@ -5,7 +5,8 @@
 # `make CUDA=1` and packs the binaries and the shared libraries they need
 # into .devcarry/); run there from the repository root with .devcarry
 # carried: `bench/cuda/device_check.sh [STAGES]`, STAGES a comma list of
-# info,parity,model,train,bench-lora,bench-full (default: all but bench-full).
+# info,parity,model,train,bench-lora,bench-full,train-6b (default: all but
+# bench-full and train-6b).
 # Logs and results go to $OUT (or /tmp/vlft-device).
 set -u
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -103,6 +104,21 @@ if has bench-lora || has bench-full; then
             --checkpointing "${BENCH_FULL_CKPT:-1}" --out "$out/bench_full.json" >"$out/bench_full.txt" 2>&1
         tail -10 "$out/bench_full.txt" | tee -a "$summary"
     fi
+fi
+if has train-6b; then
+    # `vlft train` end to end on the Yi-VL-6B preset (it carries the bundled tokenizer): LoRA on the demo
+    # dataset at 448 px; train_samples_per_second as all_results.json reports it (image decoding,
+    # batching, steps and the final save included).
+    [ -d /tmp/yi6b ] || "$VLFT_BIN" init-tiny /tmp/yi6b --preset yi-vl-6b >"$out/init.txt" 2>&1
+    rm -rf /tmp/demo6b && "$VLFT_BIN" demo-data /tmp/demo6b --n "${TRAIN6B_SAMPLES:-96}" --seed 5 >/dev/null
+    printf '%s\n' "model_name_or_path: /tmp/yi6b" "stage: sft" "finetuning_type: lora" "lora_rank: 8" \
+        "lora_target: all" "dataset: mllm_demo" "dataset_dir: /tmp/demo6b" "template: yi_vl" "cutoff_len: 4096" \
+        "per_device_train_batch_size: ${TRAIN6B_BATCH:-4}" "gradient_accumulation_steps: 1" \
+        "learning_rate: 1.0e-4" "num_train_epochs: 1" "lr_scheduler_type: cosine" "warmup_ratio: 0.1" "bf16: true" \
+        "logging_steps: 5" "save_steps: 1000" "output_dir: /tmp/yi6b_out" "overwrite_output_dir: true" \
+        "val_size: 0" "disable_gradient_checkpointing: ${TRAIN6B_NO_CKPT:-false}" >/tmp/yi6b_lora.yaml
+    timeout 400 "$VLFT_BIN" train --device cuda /tmp/yi6b_lora.yaml >"$out/train6b.txt" 2>&1
+    note "vlft train yi-vl-6b lora: rc $? -- $(tr -d '\n ' </tmp/yi6b_out/all_results.json 2>/dev/null)"
 fi
 echo "== summary"
 cat "$summary"

@@ -12,7 +12,8 @@ static void usage(FILE *out) {
             "                          [--preset tiny|yi-vl-6b]\n\n"
             "Writes a random LLaVA model (config.json, safetensors weights, preprocessor_config.json,\n"
             "generation_config.json) with the tensor names and shapes transformers would save.\n"
-            "--preset yi-vl-6b writes Yi-VL-6B's real shapes with random bf16 weights (about 13 GB).\n");
+            "--preset yi-vl-6b writes Yi-VL-6B's real shapes with random bf16 weights (about 13 GB) and the bundled\n"
+            "tokenizer (its <image> id, 1000, as image_token_index: `vlft train` runs on the folder).\n");
 }
 
 int command_init_tiny(int argc, char **argv) {

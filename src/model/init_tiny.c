@@ -51,7 +51,10 @@ void init_tiny_preset_yi_vl_6b(TinyOptions *o) {
                            .max_position_embeddings = 4096, .rms_norm_eps = 1e-5, .rope_theta = 5000000.0,
                            .bos_token_id = 1, .eos_token_id = 2, .pad_token_id = 0};
     strcpy(c->text.hidden_act, "silu");
-    c->image_token_index = 64000;
+    // Yi-VL-6B's own checkpoint says 64000. The id changes no shape, and the
+    // bundled tokenizer's <image> id lets the folder come with tokenizer
+    // files (below), so that `vlft train` runs on it, not only `_model-step`.
+    c->image_token_index = TINY_TOKENIZER_IMAGE_TOKEN_ID;
     c->image_seq_length = 1024;
     strcpy(c->torch_dtype, "bfloat16");
 }
