@@ -189,6 +189,8 @@ void embedding_forward(float *out, const float *table, const int32_t *ids, const
 void embedding_backward(float *dtable, const float *dout, const int32_t *ids, const uint8_t *skip, int N, int C);
 // dst[index[i]] = src[i] for i < n (rows of C).
 void rows_scatter(float *dst, const int32_t *index, const float *src, int n, int C);
+// dst[index[i]] += src[i] for i < n (rows of C; the index holds no repeats).
+void rows_scatter_add(float *dst, const int32_t *index, const float *src, int n, int C);
 // dst[i] = src[index[i]].
 void rows_gather(float *dst, const float *src, const int32_t *index, int n, int C);
 

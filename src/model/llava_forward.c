@@ -322,22 +322,37 @@ done:
 
 typedef struct {
     float *x_in, *rstd1, *h1, *q, *k, *v, *att, *lse, *x_mid, *rstd2, *h2, *gate, *up, *act, *x_out;
+    // The per-row half (o_proj, residual, norm2, MLP) runs on R rows: all N,
+    // or (rows != NULL) the listed ones, whose attention output is att_rows.
+    const int32_t *rows;
+    int R;
+    float *att_rows;
     LinearCache cq, ck, cv, co, cg, cu, cd;
 } TextActs;
 
+// x_in [N = B*L, C] -> x_out [R, C].
+// The attention half (norm1, q/k/v, RoPE, attention) runs on all N rows. The
+// per-row half runs on all of them too (rows == NULL, R == N), or only on
+// the R rows listed in rows, and x_out then holds just those rows in that
+// order. The last layer's output matters only at rows that predict a label,
+// so that layer's per-row half (o_proj and the MLP, most of its products)
+// runs on those rows alone; the result at them is the same.
 static int text_layer_forward(Pass *p, const TextLayer *layer, TextActs *a, const float *x_in, const int32_t *mask,
-                              int B, int L) {
+                              int B, int L, const int32_t *rows, int R) {
     const TextConfig *tc = &p->m->config.text;
     int N = B * L, C = tc->hidden_size, Hq = tc->num_attention_heads, Hkv = tc->num_key_value_heads, D = tc->head_dim;
     int F = tc->intermediate_size;
     float eps = (float)tc->rms_norm_eps;
+    if (rows == NULL) R = N;
     a->x_in = (float *)x_in;
+    a->rows = rows, a->R = R;
     a->rstd1 = buf(p, N), a->h1 = buf(p, (size_t)N * C);
     a->q = buf(p, (size_t)N * Hq * D), a->k = buf(p, (size_t)N * Hkv * D), a->v = buf(p, (size_t)N * Hkv * D);
     a->att = buf(p, (size_t)N * Hq * D), a->lse = buf(p, (size_t)B * Hq * L);
-    a->x_mid = buf(p, (size_t)N * C), a->rstd2 = buf(p, N), a->h2 = buf(p, (size_t)N * C);
-    a->gate = buf(p, (size_t)N * F), a->up = buf(p, (size_t)N * F), a->act = buf(p, (size_t)N * F);
-    a->x_out = p->out ? p->out : buf(p, (size_t)N * C);
+    a->att_rows = rows ? buf(p, (size_t)R * Hq * D) : NULL;
+    a->x_mid = buf(p, (size_t)R * C), a->rstd2 = buf(p, R), a->h2 = buf(p, (size_t)R * C);
+    a->gate = buf(p, (size_t)R * F), a->up = buf(p, (size_t)R * F), a->act = buf(p, (size_t)R * F);
+    a->x_out = p->out ? p->out : buf(p, (size_t)R * C);
     if (p->m->tape.failed) return -1;
     rmsnorm_forward(a->h1, a->rstd1, x_in, layer->norm1->data, N, C, eps);
     lin(p, &layer->q, a->q, a->h1, N, &a->cq);
@@ -346,35 +361,50 @@ static int text_layer_forward(Pass *p, const TextLayer *layer, TextActs *a, cons
     rope_forward(a->q, B, L, Hq, D, (float)tc->rope_theta);
     rope_forward(a->k, B, L, Hkv, D, (float)tc->rope_theta);
     attention_forward(a->att, a->lse, a->q, a->k, a->v, mask, B, L, Hq, Hkv, D, 1, 1.0f / sqrtf((float)D));
-    lin(p, &layer->o, a->x_mid, a->att, N, &a->co);
-    kernel_add(a->x_mid, x_in, (size_t)N * C);
-    rmsnorm_forward(a->h2, a->rstd2, a->x_mid, layer->norm2->data, N, C, eps);
-    lin(p, &layer->gate, a->gate, a->h2, N, &a->cg);
-    lin(p, &layer->up, a->up, a->h2, N, &a->cu);
-    swiglu_forward(a->act, a->gate, a->up, (size_t)N * F);
-    lin(p, &layer->down, a->x_out, a->act, N, &a->cd);
-    kernel_add(a->x_out, a->x_mid, (size_t)N * C);
+    if (rows) {
+        rows_gather(a->att_rows, a->att, rows, R, Hq * D);
+        lin(p, &layer->o, a->x_mid, a->att_rows, R, &a->co);
+        rows_gather(a->x_out, x_in, rows, R, C);  // x_out holds the residual rows until the MLP writes it
+        kernel_add(a->x_mid, a->x_out, (size_t)R * C);
+    } else {
+        lin(p, &layer->o, a->x_mid, a->att, N, &a->co);
+        kernel_add(a->x_mid, x_in, (size_t)N * C);
+    }
+    rmsnorm_forward(a->h2, a->rstd2, a->x_mid, layer->norm2->data, R, C, eps);
+    lin(p, &layer->gate, a->gate, a->h2, R, &a->cg);
+    lin(p, &layer->up, a->up, a->h2, R, &a->cu);
+    swiglu_forward(a->act, a->gate, a->up, (size_t)R * F);
+    lin(p, &layer->down, a->x_out, a->act, R, &a->cd);
+    kernel_add(a->x_out, a->x_mid, (size_t)R * C);
     return p->m->tape.failed ? -1 : 0;
 }
 
+// dx_out [R, C] (the rows text_layer_forward output) -> dx_in [N, C]
+// (overwritten; NULL when not needed) and the layer's trainable gradients.
 static void text_layer_backward(LlavaModel *m, const TextLayer *layer, const TextActs *a, float *dx_in,
                                 const float *dx_out, const int32_t *mask, int B, int L) {
     const TextConfig *tc = &m->config.text;
     int N = B * L, C = tc->hidden_size, Hq = tc->num_attention_heads, Hkv = tc->num_key_value_heads, D = tc->head_dim;
-    int F = tc->intermediate_size;
+    int F = tc->intermediate_size, R = a->R;
     Tape *t = &m->tape;
-    float *dact = tape_scratch(t, (size_t)N * F), *dgate = tape_scratch(t, (size_t)N * F), *dup = tape_scratch(t, (size_t)N * F);
-    float *dh = tape_scratch(t, (size_t)N * C), *dmid = tape_scratch(t, (size_t)N * C);
+    float *dact = tape_scratch(t, (size_t)R * F), *dgate = tape_scratch(t, (size_t)R * F), *dup = tape_scratch(t, (size_t)R * F);
+    float *dh = tape_scratch(t, (size_t)N * C), *dmid = tape_scratch(t, (size_t)R * C);
     float *datt = tape_scratch(t, (size_t)N * Hq * D), *dq = tape_scratch(t, (size_t)N * Hq * D);
     float *dk = tape_scratch(t, (size_t)N * Hkv * D), *dv = tape_scratch(t, (size_t)N * Hkv * D);
+    float *datt_rows = a->rows ? tape_scratch(t, (size_t)R * Hq * D) : NULL;
     if (!t->failed) {
-        linear_module_backward(&layer->down, dact, 0, dx_out, a->act, N, &a->cd, t);
-        swiglu_backward(dgate, dup, dact, a->gate, a->up, (size_t)N * F);
-        linear_module_backward(&layer->gate, dh, 0, dgate, a->h2, N, &a->cg, t);
-        linear_module_backward(&layer->up, dh, 1, dup, a->h2, N, &a->cu, t);
-        rmsnorm_backward(dmid, layer->norm2->grad, dh, a->x_mid, a->rstd2, layer->norm2->data, N, C);
-        kernel_add(dmid, dx_out, (size_t)N * C);
-        linear_module_backward(&layer->o, datt, 0, dmid, a->att, N, &a->co, t);
+        linear_module_backward(&layer->down, dact, 0, dx_out, a->act, R, &a->cd, t);
+        swiglu_backward(dgate, dup, dact, a->gate, a->up, (size_t)R * F);
+        linear_module_backward(&layer->gate, dh, 0, dgate, a->h2, R, &a->cg, t);
+        linear_module_backward(&layer->up, dh, 1, dup, a->h2, R, &a->cu, t);
+        rmsnorm_backward(dmid, layer->norm2->grad, dh, a->x_mid, a->rstd2, layer->norm2->data, R, C);
+        kernel_add(dmid, dx_out, (size_t)R * C);
+        if (a->rows) {
+            // Rows the per-row half skipped pass no gradient into the attention output.
+            linear_module_backward(&layer->o, datt_rows, 0, dmid, a->att_rows, R, &a->co, t);
+            kernel_zero(datt, (size_t)N * Hq * D);
+            rows_scatter(datt, a->rows, datt_rows, R, Hq * D);
+        } else linear_module_backward(&layer->o, datt, 0, dmid, a->att, N, &a->co, t);
         attention_backward(dq, dk, dv, datt, a->att, a->lse, a->q, a->k, a->v, mask, B, L, Hq, Hkv, D, 1,
                            1.0f / sqrtf((float)D));
         rope_backward(dq, B, L, Hq, D, (float)tc->rope_theta);
@@ -385,14 +415,16 @@ static void text_layer_backward(LlavaModel *m, const TextLayer *layer, const Tex
         linear_module_backward(&layer->v, dh1, 1, dv, a->h1, N, &a->cv, t);
         if (dh1) {
             rmsnorm_backward(dx_in, layer->norm1->grad, dh, a->x_in, a->rstd1, layer->norm1->data, N, C);
-            if (dx_in) kernel_add(dx_in, dmid, (size_t)N * C);
+            if (dx_in && a->rows) rows_scatter_add(dx_in, a->rows, dmid, R, C);
+            else if (dx_in) kernel_add(dx_in, dmid, (size_t)N * C);
         }
     }
-    tape_release_scratch(t, dact, (size_t)N * F);
-    tape_release_scratch(t, dgate, (size_t)N * F);
-    tape_release_scratch(t, dup, (size_t)N * F);
+    tape_release_scratch(t, datt_rows, datt_rows ? (size_t)R * Hq * D : 0);
+    tape_release_scratch(t, dact, (size_t)R * F);
+    tape_release_scratch(t, dgate, (size_t)R * F);
+    tape_release_scratch(t, dup, (size_t)R * F);
     tape_release_scratch(t, dh, (size_t)N * C);
-    tape_release_scratch(t, dmid, (size_t)N * C);
+    tape_release_scratch(t, dmid, (size_t)R * C);
     tape_release_scratch(t, datt, (size_t)N * Hq * D);
     tape_release_scratch(t, dq, (size_t)N * Hq * D);
     tape_release_scratch(t, dk, (size_t)N * Hkv * D);
@@ -402,12 +434,13 @@ static void text_layer_backward(LlavaModel *m, const TextLayer *layer, const Tex
 // Checkpointed forward of a text layer: only x_in (kept by the caller) and
 // the output (kept here) survive; *rng_before saves the dropout stream.
 static int text_layer_forward_checkpointed(LlavaModel *m, const TextLayer *layer, TextActs *a, Rng *rng_before,
-                                           const float *x_in, const int32_t *mask, int B, int L) {
+                                           const float *x_in, const int32_t *mask, int B, int L, const int32_t *rows,
+                                           int R) {
     *rng_before = m->dropout_rng;
     Pass sp = {.m = m, .keep = 0, .vision = 0, .training = 1,
-               .out = tape_keep(&m->tape, (size_t)B * L * m->config.text.hidden_size, 0)};
+               .out = tape_keep(&m->tape, (size_t)(rows ? R : B * L) * m->config.text.hidden_size, 0)};
     if (sp.out == NULL) return -1;
-    int rc = text_layer_forward(&sp, layer, a, x_in, mask, B, L);
+    int rc = text_layer_forward(&sp, layer, a, x_in, mask, B, L, rows, R);
     end_layer(&sp, NULL);
     return rc;
 }
@@ -419,9 +452,11 @@ static int text_layer_recompute(LlavaModel *m, const TextLayer *layer, TextActs 
     Rng after = m->dropout_rng;
     m->dropout_rng = *rng_before;
     const float *x_in = a->x_in;
+    const int32_t *rows = a->rows;
+    int R = a->R;
     memset(a, 0, sizeof *a);
     Pass rp = {.m = m, .keep = 1, .vision = 0, .training = 1};
-    int rc = text_layer_forward(&rp, layer, a, x_in, mask, B, L);
+    int rc = text_layer_forward(&rp, layer, a, x_in, mask, B, L, rows, R);
     m->dropout_rng = after;
     return rc;
 }
@@ -543,47 +578,51 @@ static int run(LlavaModel *m, const LlavaBatch *b, RunMode mode, float grad_scal
         tape_release_scratch(t, features, features_n);
         features = NULL;
     }
-    float *h = x;
-    for (int i = 0; i < tc->num_hidden_layers; i++) {
-        if (llava_hook(m, LLAVA_BEFORE_FORWARD, LLAVA_TEXT_LAYER, i) != 0) goto oom;
-        if (checkpoint) {
-            if (text_layer_forward_checkpointed(m, &m->text_layers[i], &ta[i], &text_rng[i], h, b->attention_mask, B,
-                                                L) != 0)
-                goto oom;
-        } else if (text_layer_forward(&lp, &m->text_layers[i], &ta[i], h, b->attention_mask, B, L) != 0) goto oom;
-        if (llava_hook(m, LLAVA_AFTER_FORWARD, LLAVA_TEXT_LAYER, i) != 0) goto oom;
-        float *next = ta[i].x_out;
-        if (!train) {
-            end_layer(&lp, next);
-            tape_release_scratch(t, h, (size_t)N * C);
-        }
-        h = next;
-    }
-    xf = buf(&lp, (size_t)N * C), rstdf = buf(&lp, N);
-    if (!xf || !rstdf) goto oom;
-    if (llava_hook(m, LLAVA_BEFORE_FORWARD, LLAVA_HEAD, 0) != 0) goto oom;
-    rmsnorm_forward(xf, rstdf, h, m->final_norm->data, N, C, (float)tc->rms_norm_eps);
+    // Only rows that predict a label need logits (prompt, image and padding
+    // rows do not), unless the caller asked for them all. Those rows alone
+    // go through the last layer's per-row half, the final norm and the
+    // lm_head: most of that work, and the results at those rows are the same.
     int count = 0;
     for (int i = 0; i < N; i++) count += targets[i] != KERNEL_IGNORE_INDEX;
-    // Only rows that predict a label need logits (prompt, image and padding
-    // rows do not), unless the caller asked for them all: this skips most of
-    // the lm_head work, whose gradient at those rows would be zero anyway.
-    int rows = N;
-    float *head_in = xf;
+    int trim = !logits_out && count < N;
+    int rows = trim ? count : N;  // rows of the last layer's output, the final norm and the logits
     int32_t *row_targets = targets;
-    if (!logits_out) {
-        rows = count;
+    if (trim) {
         row_index = tape_step_bytes(t, sizeof(int32_t) * (size_t)(rows + 1));
         row_targets = tape_step_bytes(t, sizeof(int32_t) * (size_t)(rows + 1));
-        head_in = buf(&lp, (size_t)rows * C);
-        if (!row_index || !row_targets || !head_in) goto oom;
+        if (!row_index || !row_targets) goto oom;
         for (int i = 0, k = 0; i < N; i++)
             if (targets[i] != KERNEL_IGNORE_INDEX) {
                 row_index[k] = i;
                 row_targets[k++] = targets[i];
             }
-        rows_gather(head_in, xf, row_index, rows, C);
     }
+    float *h = x;
+    size_t h_n = (size_t)N * C;
+    for (int i = 0; i < tc->num_hidden_layers; i++) {
+        int last = i == tc->num_hidden_layers - 1;
+        const int32_t *layer_rows = last ? row_index : NULL;
+        if (llava_hook(m, LLAVA_BEFORE_FORWARD, LLAVA_TEXT_LAYER, i) != 0) goto oom;
+        if (checkpoint) {
+            if (text_layer_forward_checkpointed(m, &m->text_layers[i], &ta[i], &text_rng[i], h, b->attention_mask, B,
+                                                L, layer_rows, rows) != 0)
+                goto oom;
+        } else if (text_layer_forward(&lp, &m->text_layers[i], &ta[i], h, b->attention_mask, B, L, layer_rows, rows) != 0)
+            goto oom;
+        if (llava_hook(m, LLAVA_AFTER_FORWARD, LLAVA_TEXT_LAYER, i) != 0) goto oom;
+        float *next = ta[i].x_out;
+        if (!train) {
+            end_layer(&lp, next);
+            tape_release_scratch(t, h, h_n);
+        }
+        h = next;
+        h_n = (size_t)ta[i].R * C;
+    }
+    xf = buf(&lp, (size_t)rows * C), rstdf = buf(&lp, rows);
+    if (!xf || !rstdf) goto oom;
+    if (llava_hook(m, LLAVA_BEFORE_FORWARD, LLAVA_HEAD, 0) != 0) goto oom;
+    rmsnorm_forward(xf, rstdf, h, m->final_norm->data, rows, C, (float)tc->rms_norm_eps);
+    float *head_in = xf;
     logits = logits_out ? logits_out : tape_scratch(t, (size_t)rows * V);
     lse = tape_scratch(t, rows);
     if (!logits || !lse) goto oom;
@@ -601,7 +640,7 @@ static int run(LlavaModel *m, const LlavaBatch *b, RunMode mode, float grad_scal
         if (!logits_out) tape_release_scratch(t, logits, (size_t)rows * V);
         tape_release_scratch(t, lse, rows);
         end_layer(&lp, NULL);
-        tape_release_scratch(t, h, (size_t)N * C);
+        tape_release_scratch(t, h, h_n);
         rc = 0;
         goto done;
     }
@@ -609,20 +648,15 @@ static int run(LlavaModel *m, const LlavaBatch *b, RunMode mode, float grad_scal
     cross_entropy_backward(logits, lse, row_targets, rows, V, count ? grad_scale / (float)count : 0.0f);
     tape_release_scratch(t, lse, rows);
     lse = NULL;
+    // dh, dprev: a layer's output and input gradients, [rows, C] after the last layer, then [N, C].
     float *dh = tape_scratch(t, (size_t)N * C), *dprev = tape_scratch(t, (size_t)N * C);
-    float *dhead = row_index ? tape_scratch(t, (size_t)rows * C) : dprev;
-    if (!dh || !dprev || !dhead) goto oom;
+    if (!dh || !dprev) goto oom;
     float *dxf = dprev;
     if (llava_hook(m, LLAVA_BEFORE_BACKWARD, LLAVA_HEAD, 0) != 0) goto oom;
-    linear_module_backward(&m->lm_head, dhead, 0, logits, head_in, rows, &head_cache, t);
+    linear_module_backward(&m->lm_head, dxf, 0, logits, head_in, rows, &head_cache, t);
     tape_release_scratch(t, logits, (size_t)rows * V);
     logits = NULL;
-    if (row_index) {
-        kernel_zero(dxf, (size_t)N * C);
-        rows_scatter(dxf, row_index, dhead, rows, C);
-        tape_release_scratch(t, dhead, (size_t)rows * C);
-    }
-    rmsnorm_backward(dh, m->final_norm->grad, dxf, h, rstdf, m->final_norm->data, N, C);
+    rmsnorm_backward(dh, m->final_norm->grad, dxf, h, rstdf, m->final_norm->data, rows, C);
     if (llava_hook(m, LLAVA_AFTER_BACKWARD, LLAVA_HEAD, 0) != 0) goto oom;
     int need_input_grad = m->embed_trainable || (image_rows && projector_keep);
     for (int i = tc->num_hidden_layers - 1; i >= 0; i--) {

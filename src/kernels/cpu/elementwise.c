@@ -116,6 +116,15 @@ void rows_scatter(float *dst, const int32_t *index, const float *src, int n, int
     for (int i = 0; i < n; i++) memcpy(dst + (size_t)index[i] * C, src + (size_t)i * C, sizeof(float) * (size_t)C);
 }
 
+void rows_scatter_add(float *dst, const int32_t *index, const float *src, int n, int C) {
+#pragma omp parallel for schedule(static) if ((size_t)n * C > KERNEL_PARALLEL_MIN)
+    for (int i = 0; i < n; i++) {
+        float *d = dst + (size_t)index[i] * C;
+        const float *s = src + (size_t)i * C;
+        for (int c = 0; c < C; c++) d[c] += s[c];
+    }
+}
+
 void rows_gather(float *dst, const float *src, const int32_t *index, int n, int C) {
 #pragma omp parallel for schedule(static) if ((size_t)n * C > KERNEL_PARALLEL_MIN)
     for (int i = 0; i < n; i++) memcpy(dst + (size_t)i * C, src + (size_t)index[i] * C, sizeof(float) * (size_t)C);
