@@ -243,3 +243,26 @@ def test_newer_transformers_names():
     stats, expected = compare(folder, "everything", (1, 1), seed=19)
     assert "lm_head.weight" in expected["grads"]
     assert all(n.startswith(("model.", "lm_head")) for n in expected["grads"])
+
+
+def test_batch_without_labels():
+    # No row predicts a label (all -100): nothing reaches the last layer's
+    # per-row half or the lm_head, the loss is 0 and every gradient is zero.
+    folder = tiny_model("yivl")
+    with open(os.path.join(folder, "config.json")) as f:
+        config = json.load(f)
+    batch = ref.random_batch(config, np.random.default_rng(23))
+    batch["labels"][:] = ref.IGNORE
+    work = tempdir()
+    batch_path = os.path.join(work, "batch.safetensors")
+    write_safetensors(batch_path, batch)
+    for setup in ("lora_all", "everything"):
+        for checkpointing in (0, 1):
+            out = os.path.join(work, f"{setup}{checkpointing}.safetensors")
+            run_vlft("_model-step", folder, batch_path, *SETUPS[setup][0], "--gradient-checkpointing", checkpointing, out)
+            got = read_safetensors(out)[0]
+            assert float(got["loss"][0]) == 0.0, got["loss"]
+            grads = [k for k in got if k.startswith("grad:")]
+            assert grads
+            for name in grads:
+                assert not np.any(got[name]), f"{setup}: {name} is not zero"
