@@ -1,11 +1,12 @@
 // The vectorisable e^x of the CPU kernels (src/kernels/cpu/exp_approx.h)
 // against libm's double exp, and the kernels built on it (sigmoid-gated
-// activations, SwiGLU, cross-entropy) against double-precision closed forms,
+// activations, GELU's derivative, SwiGLU, cross-entropy) against double-precision closed forms,
 // on sizes that take the threaded path and leave a vector remainder.
 #include <criterion/criterion.h>
 #include <float.h>
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "../../src/base/rng.h"
 #include "../../src/kernels/cpu/exp_approx.h"
@@ -111,6 +112,14 @@ Test(exp_approx, sigmoid_kernels_match_double) {
         expect_close(y, want, n, 1e-6, 1e-30, a == 0 ? "silu" : "quick_gelu");
         expect_close(y2, want2, n, 1e-6, 1e-7, a == 0 ? "silu backward" : "quick_gelu backward");
     }
+    // GELU backward, in place (dx = dy) as the model calls it.
+    memcpy(y, dy, n * sizeof(float));
+    activation_backward(y, y, x, n, ACT_GELU);
+    for (size_t i = 0; i < n; i++) {
+        double cdf = 0.5 * (1 + erf(x[i] / sqrt(2.0))), pdf = exp(-0.5 * x[i] * x[i]) / sqrt(2 * M_PI);
+        want[i] = dy[i] * (cdf + x[i] * pdf);
+    }
+    expect_close(y, want, n, 1e-6, 1e-7, "gelu backward");
     swiglu_forward(y, x, u, n);
     for (size_t i = 0; i < n; i++) want[i] = x[i] * sigmoid_exact(x[i]) * u[i];
     expect_close(y, want, n, 1e-6, 1e-30, "swiglu");

@@ -18,8 +18,9 @@ int activation_from_name(const char *name, Activation *out) {
 
 // GELU, GELU-tanh and ReLU go element by element through act_value and
 // act_derivative (erff and tanhf are libm calls, so those loops stay scalar).
-// SiLU and QuickGELU, x sigmoid(k x) with k = 1 and 1.702, and the SwiGLU
-// gate have loops of their own that vectorise (exp_approx, not libm's expf).
+// SiLU and QuickGELU, x sigmoid(k x) with k = 1 and 1.702, the SwiGLU gate
+// and GELU's derivative have loops of their own that vectorise (exp_approx,
+// not libm's expf).
 static inline float act_value(float x, Activation act) {
     switch (act) {
     case ACT_GELU: return 0.5f * x * (1.0f + erff(x * (float)M_SQRT1_2));
@@ -36,11 +37,7 @@ static inline float act_value(float x, Activation act) {
 
 static inline float act_derivative(float x, Activation act) {
     switch (act) {
-    case ACT_GELU: {
-        float cdf = 0.5f * (1.0f + erff(x * (float)M_SQRT1_2));
-        float pdf = exp_approx(-0.5f * x * x) * 0.3989422804014327f;
-        return cdf + x * pdf;
-    }
+    case ACT_GELU:  // gelu_backward
     case ACT_QUICK_GELU:
     case ACT_SILU: break;  // sigmoid_gated_backward
     case ACT_GELU_TANH: {
@@ -69,6 +66,27 @@ static void sigmoid_gated_backward(float *dx, const float *dy, const float *x, s
     }
 }
 
+// dx = dy d/dx[x Phi(x)] = dy (Phi(x) + x phi(x))   [n]
+// erff is a libm call, which stops a loop from vectorising, so each block of
+// GELU_BLOCK elements first takes Phi in a scalar loop into a buffer, then
+// the rest (phi's exp) in a vector loop. dx may be dy (in place).
+#define GELU_BLOCK 256
+static void gelu_backward(float *dx, const float *dy, const float *x, size_t n) {
+    size_t blocks = (n + GELU_BLOCK - 1) / GELU_BLOCK;
+#pragma omp parallel for schedule(static) if (n > KERNEL_PARALLEL_MIN)
+    for (size_t b = 0; b < blocks; b++) {
+        size_t i0 = b * GELU_BLOCK, len = n - i0 < GELU_BLOCK ? n - i0 : GELU_BLOCK;
+        const float *xb = x + i0, *dyb = dy + i0;
+        float *dxb = dx + i0, cdf[GELU_BLOCK];
+        for (size_t i = 0; i < len; i++) cdf[i] = 0.5f * (1.0f + erff(xb[i] * (float)M_SQRT1_2));
+#pragma omp simd
+        for (size_t i = 0; i < len; i++) {
+            float pdf = exp_approx(-0.5f * xb[i] * xb[i]) * 0.3989422804014327f;
+            dxb[i] = dyb[i] * (cdf[i] + xb[i] * pdf);
+        }
+    }
+}
+
 void activation_forward(float *y, const float *x, size_t n, Activation act) {
     if (act == ACT_SILU || act == ACT_QUICK_GELU) {
         sigmoid_gated_forward(y, x, n, act == ACT_SILU ? 1.0f : 1.702f);
@@ -81,6 +99,10 @@ void activation_forward(float *y, const float *x, size_t n, Activation act) {
 void activation_backward(float *dx, const float *dy, const float *x, size_t n, Activation act) {
     if (act == ACT_SILU || act == ACT_QUICK_GELU) {
         sigmoid_gated_backward(dx, dy, x, n, act == ACT_SILU ? 1.0f : 1.702f);
+        return;
+    }
+    if (act == ACT_GELU) {
+        gelu_backward(dx, dy, x, n);
         return;
     }
 #pragma omp parallel for schedule(static) if (n > KERNEL_PARALLEL_MIN)
