@@ -28,5 +28,5 @@ for f in elementwise loss; do
     objcopy --redefine-syms="$work/$f.syms" "$work/old_$f.o"
 done
 cc -std=c11 -D_GNU_SOURCE -O2 -fopenmp "$root/bench/elementwise_exp.c" "$work/old_elementwise.o" "$work/old_loss.o" \
-    "$root/build/libvlft.a" -o "$work/bench_elementwise_exp" $(pkg-config --libs $pkgs) $rpath -lm -lpthread
+    "$root/build/libvlft.a" -o "$work/bench_elementwise_exp" $(pkg-config --libs $pkgs) -ldnnl $rpath -lm -lpthread
 OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE} "$work/bench_elementwise_exp" "$threads" "$repeat"
