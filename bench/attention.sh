@@ -26,5 +26,5 @@ cc -std=c11 -D_GNU_SOURCE -O2 -fopenmp -I"$root/src/kernels" -c "$work/old_atten
     -Dattention_forward=old_attention_forward -Dattention_backward=old_attention_backward \
     -Drope_forward=old_rope_forward -Drope_backward=old_rope_backward -Drope_forward_at=old_rope_forward_at
 cc -std=c11 -D_GNU_SOURCE -O2 -fopenmp "$root/bench/attention.c" "$work/old_attention.o" "$root/build/libvlft.a" \
-    -o "$work/bench_attention" -Wl,--wrap=malloc,--wrap=free,--wrap=calloc $(pkg-config --libs $pkgs) $rpath -lm -lpthread
+    -o "$work/bench_attention" -Wl,--wrap=malloc,--wrap=free,--wrap=calloc $(pkg-config --libs $pkgs) -ldnnl $rpath -lm -lpthread
 OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE} "$work/bench_attention" "$threads" "$repeat"

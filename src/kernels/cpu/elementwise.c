@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "../kernels.h"
+#include "exp_approx.h"
 
 int activation_from_name(const char *name, Activation *out) {
     if (strcmp(name, "gelu") == 0) *out = ACT_GELU;
@@ -15,13 +16,16 @@ int activation_from_name(const char *name, Activation *out) {
     return 0;
 }
 
-static inline float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
-
+// GELU, GELU-tanh and ReLU go element by element through act_value and
+// act_derivative (erff and tanhf are libm calls, so those loops stay scalar).
+// SiLU and QuickGELU, x sigmoid(k x) with k = 1 and 1.702, the SwiGLU gate
+// and GELU's derivative have loops of their own that vectorise (exp_approx,
+// not libm's expf).
 static inline float act_value(float x, Activation act) {
     switch (act) {
     case ACT_GELU: return 0.5f * x * (1.0f + erff(x * (float)M_SQRT1_2));
-    case ACT_QUICK_GELU: return x * sigmoidf(1.702f * x);
-    case ACT_SILU: return x * sigmoidf(x);
+    case ACT_QUICK_GELU:
+    case ACT_SILU: break;  // sigmoid_gated_forward
     case ACT_GELU_TANH: {
         float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
         return 0.5f * x * (1.0f + tanhf(u));
@@ -33,19 +37,9 @@ static inline float act_value(float x, Activation act) {
 
 static inline float act_derivative(float x, Activation act) {
     switch (act) {
-    case ACT_GELU: {
-        float cdf = 0.5f * (1.0f + erff(x * (float)M_SQRT1_2));
-        float pdf = expf(-0.5f * x * x) * 0.3989422804014327f;
-        return cdf + x * pdf;
-    }
-    case ACT_QUICK_GELU: {
-        float s = sigmoidf(1.702f * x);
-        return s + 1.702f * x * s * (1.0f - s);
-    }
-    case ACT_SILU: {
-        float s = sigmoidf(x);
-        return s * (1.0f + x * (1.0f - s));
-    }
+    case ACT_GELU:  // gelu_backward
+    case ACT_QUICK_GELU:
+    case ACT_SILU: break;  // sigmoid_gated_backward
     case ACT_GELU_TANH: {
         float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
         float t = tanhf(u);
@@ -57,25 +51,74 @@ static inline float act_derivative(float x, Activation act) {
     return 1.0f;
 }
 
+// y = x sigmoid(k x)   [n]
+static void sigmoid_gated_forward(float *y, const float *x, size_t n, float k) {
+#pragma omp parallel for simd schedule(static) if (n > KERNEL_PARALLEL_MIN)
+    for (size_t i = 0; i < n; i++) y[i] = x[i] * sigmoid_approx(k * x[i]);
+}
+
+// dx = dy d/dx[x sigmoid(k x)] = dy (s + k x s (1 - s)), s = sigmoid(k x)   [n]
+static void sigmoid_gated_backward(float *dx, const float *dy, const float *x, size_t n, float k) {
+#pragma omp parallel for simd schedule(static) if (n > KERNEL_PARALLEL_MIN)
+    for (size_t i = 0; i < n; i++) {
+        float s = sigmoid_approx(k * x[i]);
+        dx[i] = dy[i] * (s + k * x[i] * s * (1.0f - s));
+    }
+}
+
+// dx = dy d/dx[x Phi(x)] = dy (Phi(x) + x phi(x))   [n]
+// erff is a libm call, which stops a loop from vectorising, so each block of
+// GELU_BLOCK elements first takes Phi in a scalar loop into a buffer, then
+// the rest (phi's exp) in a vector loop. dx may be dy (in place).
+#define GELU_BLOCK 256
+static void gelu_backward(float *dx, const float *dy, const float *x, size_t n) {
+    size_t blocks = (n + GELU_BLOCK - 1) / GELU_BLOCK;
+#pragma omp parallel for schedule(static) if (n > KERNEL_PARALLEL_MIN)
+    for (size_t b = 0; b < blocks; b++) {
+        size_t i0 = b * GELU_BLOCK, len = n - i0 < GELU_BLOCK ? n - i0 : GELU_BLOCK;
+        const float *xb = x + i0, *dyb = dy + i0;
+        float *dxb = dx + i0, cdf[GELU_BLOCK];
+        for (size_t i = 0; i < len; i++) cdf[i] = 0.5f * (1.0f + erff(xb[i] * (float)M_SQRT1_2));
+#pragma omp simd
+        for (size_t i = 0; i < len; i++) {
+            float pdf = exp_approx(-0.5f * xb[i] * xb[i]) * 0.3989422804014327f;
+            dxb[i] = dyb[i] * (cdf[i] + xb[i] * pdf);
+        }
+    }
+}
+
 void activation_forward(float *y, const float *x, size_t n, Activation act) {
+    if (act == ACT_SILU || act == ACT_QUICK_GELU) {
+        sigmoid_gated_forward(y, x, n, act == ACT_SILU ? 1.0f : 1.702f);
+        return;
+    }
 #pragma omp parallel for schedule(static) if (n > KERNEL_PARALLEL_MIN)
     for (size_t i = 0; i < n; i++) y[i] = act_value(x[i], act);
 }
 
 void activation_backward(float *dx, const float *dy, const float *x, size_t n, Activation act) {
+    if (act == ACT_SILU || act == ACT_QUICK_GELU) {
+        sigmoid_gated_backward(dx, dy, x, n, act == ACT_SILU ? 1.0f : 1.702f);
+        return;
+    }
+    if (act == ACT_GELU) {
+        gelu_backward(dx, dy, x, n);
+        return;
+    }
 #pragma omp parallel for schedule(static) if (n > KERNEL_PARALLEL_MIN)
     for (size_t i = 0; i < n; i++) dx[i] = dy[i] * act_derivative(x[i], act);
 }
 
+// h = silu(gate) up   [n]
 void swiglu_forward(float *h, const float *gate, const float *up, size_t n) {
-#pragma omp parallel for schedule(static) if (n > KERNEL_PARALLEL_MIN)
-    for (size_t i = 0; i < n; i++) h[i] = gate[i] * sigmoidf(gate[i]) * up[i];
+#pragma omp parallel for simd schedule(static) if (n > KERNEL_PARALLEL_MIN)
+    for (size_t i = 0; i < n; i++) h[i] = gate[i] * sigmoid_approx(gate[i]) * up[i];
 }
 
 void swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate, const float *up, size_t n) {
-#pragma omp parallel for schedule(static) if (n > KERNEL_PARALLEL_MIN)
+#pragma omp parallel for simd schedule(static) if (n > KERNEL_PARALLEL_MIN)
     for (size_t i = 0; i < n; i++) {
-        float s = sigmoidf(gate[i]);
+        float s = sigmoid_approx(gate[i]);
         float silu = gate[i] * s;
         dup[i] = dh[i] * silu;
         dgate[i] = dh[i] * up[i] * s * (1.0f + gate[i] * (1.0f - s));
