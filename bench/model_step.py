@@ -17,6 +17,21 @@ import time
 # machine spinning OpenMP barriers distort timings.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+
+def threads_from_argv():
+    for i, arg in enumerate(sys.argv):
+        if arg == "--threads" and i + 1 < len(sys.argv):
+            return sys.argv[i + 1]
+        if arg.startswith("--threads="):
+            return arg.split("=", 1)[1]
+    return str(os.cpu_count())
+
+
+# torch's products run in the OpenBLAS that numpy loads first, with the
+# thread count it reads when it loads: torch.set_num_threads does not reach
+# it, so the count goes into the environment before numpy is imported.
+os.environ["OPENBLAS_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"] = threads_from_argv()
+
 import numpy as np  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
