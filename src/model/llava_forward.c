@@ -622,12 +622,11 @@ static int run(LlavaModel *m, const LlavaBatch *b, RunMode mode, float grad_scal
     if (!xf || !rstdf) goto oom;
     if (llava_hook(m, LLAVA_BEFORE_FORWARD, LLAVA_HEAD, 0) != 0) goto oom;
     rmsnorm_forward(xf, rstdf, h, m->final_norm->data, rows, C, (float)tc->rms_norm_eps);
-    float *head_in = xf;
     logits = logits_out ? logits_out : tape_scratch(t, (size_t)rows * V);
     lse = tape_scratch(t, rows);
     if (!logits || !lse) goto oom;
     LinearCache head_cache = {0};
-    lin(&lp, &m->lm_head, logits, head_in, rows, &head_cache);
+    lin(&lp, &m->lm_head, logits, xf, rows, &head_cache);
     if (t->failed) goto oom;
     if (llava_hook(m, LLAVA_AFTER_FORWARD, LLAVA_HEAD, 0) != 0) goto oom;
     double total = cross_entropy_forward(lse, logits, row_targets, rows, V);
@@ -653,7 +652,7 @@ static int run(LlavaModel *m, const LlavaBatch *b, RunMode mode, float grad_scal
     if (!dh || !dprev) goto oom;
     float *dxf = dprev;
     if (llava_hook(m, LLAVA_BEFORE_BACKWARD, LLAVA_HEAD, 0) != 0) goto oom;
-    linear_module_backward(&m->lm_head, dxf, 0, logits, head_in, rows, &head_cache, t);
+    linear_module_backward(&m->lm_head, dxf, 0, logits, xf, rows, &head_cache, t);
     tape_release_scratch(t, logits, (size_t)rows * V);
     logits = NULL;
     rmsnorm_backward(dh, m->final_norm->grad, dxf, h, rstdf, m->final_norm->data, rows, C);
