@@ -199,6 +199,11 @@ def main():
     print(f"CPU time (all threads, best of {args.repeat})  vlft {min(vlft_cpu):.3f} s   torch {min(torch_cpu):.3f} s   "
           f"ratio torch/vlft = {min(torch_cpu) / min(vlft_cpu):.2f}x")
     print(f"  all vlft: {' '.join(f'{t:.2f}' for t in vlft_times)}   all torch: {' '.join(f'{t:.2f}' for t in torch_times)}")
+    vlft_median, torch_median = float(np.median(vlft_times)), float(np.median(torch_times))
+    # The medians and the per-round ratios show how far the noise of a shared machine moves the best-of figure.
+    rounds = sorted(t / v for v, t in zip(vlft_times, torch_times))
+    print(f"median step time  vlft {vlft_median:.3f} s   torch {torch_median:.3f} s   ratio {torch_median / vlft_median:.2f}x; "
+          f"per-round ratios {rounds[0]:.2f}x .. {rounds[-1]:.2f}x")
     print(f"vlft memory: activations peak {stats['activations_peak'] / mib:.1f} MiB, kept for backward "
           f"{stats['activations_kept_total'] / mib:.1f} MiB of which vision tower {stats['activations_kept_vision'] / mib:.1f} MiB; "
           f"weights mapped {stats['weights_mapped'] / mib:.0f} MiB, owned {stats['weights_owned'] / mib:.0f} MiB, "
