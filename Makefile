@@ -60,7 +60,7 @@ TEST_BINS := $(patsubst tests/bin/%.c,$(BUILD)/tests/bin/%,$(sort $(wildcard tes
 # regressions (tests/python/test_fuzz_replay.py runs them).
 FUZZ_REPLAY := $(patsubst tests/fuzz/fuzz_%.c,$(BUILD)/tests/fuzz/replay_%,$(sort $(wildcard tests/fuzz/fuzz_*.c)))
 
-.PHONY: all debug asan test test-asan fuzz clean demo cuda-tests
+.PHONY: all debug asan test test-asan fuzz lib-sources clean demo cuda-tests
 
 all: $(BUILD)/vlft
 
@@ -112,6 +112,11 @@ test-asan: asan
 FUZZ_SECONDS ?= 60
 fuzz:
 	tests/fuzz/run.sh $(FUZZ_SECONDS)
+
+# The library's sources for this build's flags, one per line: tests/fuzz/run.sh
+# builds its targets from this list so that it cannot drift from the Makefile's.
+lib-sources:
+	@printf '%s\n' $(LIB_SRC)
 
 demo: $(BUILD)/vlft
 	examples/demo.sh

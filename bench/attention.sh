@@ -22,7 +22,7 @@ pkgs="yaml-0.1 libcjson libpng libjpeg libwebpdemux openblas cairo fontconfig"
 rpath=${blas_pc:+-Wl,-rpath,${blas_pc%/pkgconfig}}
 git show "$base:src/kernels/cpu/attention.c" | sed 's|#include "../kernels.h"|#include "kernels.h"|' >"$work/old_attention.c"
 # The baseline's public functions get an old_ prefix so both versions link.
-cc -std=c11 -D_GNU_SOURCE -O2 -fopenmp -I"$root/src/kernels" -c "$work/old_attention.c" -o "$work/old_attention.o" \
+cc -std=c11 -D_GNU_SOURCE -O2 -fopenmp -I"$root/src/kernels" -I"$root/src/kernels/cpu" -c "$work/old_attention.c" -o "$work/old_attention.o" \
     -Dattention_forward=old_attention_forward -Dattention_backward=old_attention_backward \
     -Drope_forward=old_rope_forward -Drope_backward=old_rope_backward -Drope_forward_at=old_rope_forward_at
 cc -std=c11 -D_GNU_SOURCE -O2 -fopenmp "$root/bench/attention.c" "$work/old_attention.o" "$root/build/libvlft.a" \

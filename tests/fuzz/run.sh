@@ -11,7 +11,9 @@ pkgs="yaml-0.1 libcjson libpng libjpeg libwebpdemux openblas cairo fontconfig"
 flags="-std=c11 -D_GNU_SOURCE -DFUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION -g -O1 -fopenmp -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined $(pkg-config --cflags $pkgs)"
 out=build-fuzz
 mkdir -p "$out/obj"
-lib_src=$(find src -name '*.c' ! -name main.c ! -path 'src/kernels/cuda/*' ! -path 'src/cli/*' | sort)
+# The library as the Makefile builds it without CUDA (make lib-sources), less
+# the command-line front end, which no target calls.
+lib_src=$(make -s --no-print-directory lib-sources | grep -v '^src/cli/')
 objs=()
 for f in $lib_src; do
     o="$out/obj/$(echo "$f" | tr / _).o"
@@ -25,7 +27,7 @@ fi
 status=0
 for name in "${targets[@]}"; do
     clang $flags -fsanitize=fuzzer "tests/fuzz/fuzz_$name.c" "${objs[@]}" -o "$out/fuzz_$name" \
-        $(pkg-config --libs $pkgs) -lm -lpthread
+        $(pkg-config --libs $pkgs) -ldnnl -lm -lpthread
     corpus="tests/fuzz/corpus/$name"
     work="$out/corpus_$name"
     findings="tests/fuzz/findings/$name"
