@@ -158,7 +158,9 @@ int main(int argc, char **argv) {
     int first = argc > 3 && strcmp(argv[3], "new") == 0 ? 0 : 1;
     int last = argc > 3 && strcmp(argv[3], "baseline") == 0 ? 1 : 0;
     kernel_init(threads);
-    Shape shapes[] = {{"yi-vl-6b text L=1280 Hq=32 Hkv=4 D=128 causal", 1, 1280, 32, 4, 128, 1},
+    Shape shapes[] = {{"mid text L=385 Hq=12 Hkv=4 D=64 causal", 1, 385, 12, 4, 64, 1},
+                      {"mid vit L=257 H=12 D=64 full", 1, 257, 12, 12, 64, 0},
+                      {"yi-vl-6b text L=1280 Hq=32 Hkv=4 D=128 causal", 1, 1280, 32, 4, 128, 1},
                       {"vit-h/14 448px L=1025 H=16 D=80 full", 1, 1025, 16, 16, 80, 0}};
     printf("threads %d, best of %d\n", threads, repeat);
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {

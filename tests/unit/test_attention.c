@@ -1,5 +1,5 @@
-// Tiled attention (src/kernels/cpu/attention.c: tiles of 128 query rows x
-// 128 keys, online softmax) against a float64 reference written here: outputs,
+// Tiled attention (src/kernels/cpu/attention.c: tiles of 96 query rows x
+// 96 keys, online softmax) against a float64 reference written here: outputs,
 // log-sum-exp and the three gradients, for shapes around the tile sizes,
 // grouped heads, causal or not, right padding and query rows that see no key
 // at all; a finite-difference check of the backward on a shape crossing
@@ -223,21 +223,27 @@ static void check_against_reference(Shape s, uint64_t seed) {
     free_inputs(&in);
 }
 
-// Shapes around the 128 x 128 tiles: L below one tile, exactly one or two,
-// one past, not a multiple, several; groups 1, 2, 4.
+// Shapes around the 96 x 96 tiles: L below one tile, exactly one or two,
+// one past, not a multiple, several; groups 1, 2, 4. The shapes around 128
+// (the tile size until 2026-11-26) stay as further multi-tile cases.
 Test(attention, tiles_match_float64_reference) {
     kernel_init(2);
     Shape shapes[] = {
         {1, 1, 2, 1, 8, 1, MASK_NONE},               // one row
-        {2, 37, 4, 2, 16, 1, MASK_RIGHT_PADDING},    // L < 128
-        {2, 100, 4, 1, 12, 0, MASK_RIGHT_PADDING},   // L < 128, group 4
-        {1, 128, 4, 2, 8, 1, MASK_LEFT_PADDING},     // exactly one tile, rows that see nothing
-        {1, 129, 2, 2, 8, 1, MASK_RIGHT_PADDING},    // one past a tile: a 1-row query tile, a 1-key key tile
-        {1, 130, 2, 1, 8, 1, MASK_NONE},             // causal, a 2-row query tile on the diagonal
+        {2, 37, 4, 2, 16, 1, MASK_RIGHT_PADDING},    // L < 96
+        {2, 90, 4, 1, 12, 0, MASK_RIGHT_PADDING},    // L < 96, group 4
+        {1, 96, 4, 2, 8, 1, MASK_LEFT_PADDING},      // exactly one tile, rows that see nothing
+        {1, 97, 2, 2, 8, 1, MASK_RIGHT_PADDING},     // one past a tile: a 1-row query tile, a 1-key key tile
+        {1, 98, 2, 1, 8, 1, MASK_NONE},              // causal, a 2-row query tile on the diagonal
+        {1, 192, 2, 1, 8, 1, MASK_NONE},             // exactly two tiles, group 2
+        {2, 100, 4, 1, 12, 0, MASK_RIGHT_PADDING},   // one tile and a partial one, group 4
+        {1, 128, 4, 2, 8, 1, MASK_LEFT_PADDING},     // rows that see nothing across two tiles
+        {1, 129, 2, 2, 8, 1, MASK_RIGHT_PADDING},    // a 33-row query tile, a 33-key key tile
+        {1, 130, 2, 1, 8, 1, MASK_NONE},             // causal, a 34-row query tile on the diagonal
         {3, 130, 2, 2, 8, 0, MASK_EMPTY_SEQUENCE},   // a sequence with no key at all
         {2, 150, 8, 2, 16, 1, MASK_LEFT_PADDING},    // group 4, causal, crossing tiles
-        {1, 256, 2, 1, 8, 1, MASK_NONE},             // exactly two tiles, group 2
-        {1, 300, 4, 4, 8, 1, MASK_RIGHT_PADDING},    // three tiles, the last one partial
+        {1, 256, 2, 1, 8, 1, MASK_NONE},             // two tiles and two thirds, group 2
+        {1, 300, 4, 4, 8, 1, MASK_RIGHT_PADDING},    // four tiles, the last one partial
         {2, 257, 6, 3, 20, 0, MASK_RIGHT_PADDING},   // CLIP-like 1 + 16^2, odd KV head count
         {1, 200, 4, 1, 16, 0, MASK_NONE},            // a single KV head (one unit, split over threads)
     };
