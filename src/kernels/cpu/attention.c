@@ -58,7 +58,8 @@ void rope_forward_at(float *x, int N, int H, int D, float theta, int pos0) { rop
 // waste less on the causal diagonal and keep the backward's working set
 // (the Q, dO, dQ rows, K, V, dK, dV rows and the two score tiles) in L2 at
 // D=128; 64 x 64 and 64 x 80 were faster still on Yi-6B's text (1.8x) but
-// slower on the towers (0.95-0.98x on ViT-H), 32-wide tiles slower on both.
+// gained less on the mid-size tower (1.09-1.12x) and lost on ViT-H
+// (0.96-0.98x); 32-wide tiles did worse on both towers.
 enum { ATTENTION_TILE_Q = 96, ATTENTION_TILE_K = 96 };
 
 // What one call reads, shared by its tasks.
