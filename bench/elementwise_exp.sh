@@ -23,7 +23,7 @@ rpath=${blas_pc:+-Wl,-rpath,${blas_pc%/pkgconfig}}
 # every function they define renamed old_* so both versions link.
 for f in elementwise loss; do
     git show "$base:src/kernels/cpu/$f.c" | sed 's|#include "../kernels.h"|#include "kernels.h"|' >"$work/old_$f.c"
-    cc -std=c11 -D_GNU_SOURCE -O2 -fopenmp -I"$root/src/kernels" -c "$work/old_$f.c" -o "$work/old_$f.o"
+    cc -std=c11 -D_GNU_SOURCE -O2 -fopenmp -I"$root/src/kernels" -I"$root/src/kernels/cpu" -c "$work/old_$f.c" -o "$work/old_$f.o"
     nm --defined-only -g "$work/old_$f.o" | awk '$2 == "T" {print $3 " old_" $3}' >"$work/$f.syms"
     objcopy --redefine-syms="$work/$f.syms" "$work/old_$f.o"
 done
