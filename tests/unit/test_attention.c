@@ -1,5 +1,5 @@
 // Tiled attention (src/kernels/cpu/attention.c: tiles of 96 query rows x
-// 96 keys, online softmax) against a float64 reference written here: outputs,
+// 96 keys, or 64 x 64 from head dimension 128, online softmax) against a float64 reference written here: outputs,
 // log-sum-exp and the three gradients, for shapes around the tile sizes,
 // grouped heads, causal or not, right padding and query rows that see no key
 // at all; a finite-difference check of the backward on a shape crossing
@@ -223,8 +223,9 @@ static void check_against_reference(Shape s, uint64_t seed) {
     free_inputs(&in);
 }
 
-// Shapes around the 96 x 96 tiles: L below one tile, exactly one or two,
-// one past, not a multiple, several; groups 1, 2, 4. The shapes around 128
+// Shapes around the 96 x 96 tiles (and the 64 x 64 ones of D >= 128): L
+// below one tile, exactly one or two, one past, not a multiple, several;
+// groups 1, 2, 4. The shapes around 128
 // (the tile size until 2026-11-26) stay as further multi-tile cases.
 Test(attention, tiles_match_float64_reference) {
     kernel_init(2);
@@ -246,6 +247,12 @@ Test(attention, tiles_match_float64_reference) {
         {1, 300, 4, 4, 8, 1, MASK_RIGHT_PADDING},    // four tiles, the last one partial
         {2, 257, 6, 3, 20, 0, MASK_RIGHT_PADDING},   // CLIP-like 1 + 16^2, odd KV head count
         {1, 200, 4, 1, 16, 0, MASK_NONE},            // a single KV head (one unit, split over threads)
+        // D >= 128 takes 64 x 64 tiles: the same cases around 64.
+        {1, 64, 2, 1, 128, 1, MASK_LEFT_PADDING},    // exactly one tile, rows that see nothing
+        {1, 65, 2, 2, 128, 1, MASK_RIGHT_PADDING},   // one past a tile
+        {1, 66, 2, 1, 128, 1, MASK_NONE},            // causal, a 2-row query tile on the diagonal
+        {2, 130, 4, 2, 128, 1, MASK_RIGHT_PADDING},  // two tiles and a partial one, group 2
+        {1, 200, 4, 1, 160, 0, MASK_NONE},           // not causal, a single KV head, D past 128
     };
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) check_against_reference(shapes[i], 100 + i);
 }

@@ -45,22 +45,26 @@ void rope_forward_at(float *x, int N, int H, int D, float theta, int pos0) { rop
 // ------------------------------------------------------------- attention
 //
 // Flash-style tiles (FlashAttention's recipe on the CPU): a task takes
-// ATTENTION_TILE_Q query rows of one head and walks the keys ATTENTION_TILE_K
-// at a time, so a thread's scratch is a couple of [TILE_Q, TILE_K] tiles
-// whatever L is; no [*, L] score buffer exists. The products on a tile go to
-// gemm(), which runs single-threaded inside the parallel region. Key tiles
-// wholly above the causal diagonal or wholly masked are never computed.
-// 96 x 96: bench/attention.sh (2 threads, 2-core Zen 1 EPYC, 512 KB L2 a
-// core, 2026-11-26) against the earlier 128 x 128, total forward + backward:
-// 1.26x on the mid-size LM (L=385, Hq=12, Hkv=4, D=64, causal), 1.23x on its
-// CLIP tower (L=257, D=64), 1.60x on Yi-6B's text (L=1280, Hq=32, Hkv=4,
-// D=128, causal), 1.02x on ViT-H at 448 px (L=1025, D=80). Smaller tiles
-// waste less on the causal diagonal and keep the backward's working set
-// (the Q, dO, dQ rows, K, V, dK, dV rows and the two score tiles) in L2 at
-// D=128; 64 x 64 and 64 x 80 were faster still on Yi-6B's text (1.8x) but
-// gained less on the mid-size tower (1.09-1.12x) and lost on ViT-H
-// (0.96-0.98x); 32-wide tiles did worse on both towers.
-enum { ATTENTION_TILE_Q = 96, ATTENTION_TILE_K = 96 };
+// `tile` query rows of one head and walks the keys `tile` at a time, so a
+// thread's scratch is a couple of [tile, tile] score tiles whatever L is; no
+// [*, L] score buffer exists. The products on a tile go to gemm(), which runs
+// single-threaded inside the parallel region. Key tiles wholly above the
+// causal diagonal or wholly masked are never computed.
+// The tile side follows the head dimension (tile_side), from
+// bench/attention.sh (2 threads, 2-core Zen 1 EPYC, 512 KB L2 a core,
+// 2026-11-26), total forward + backward against the earlier 128 x 128:
+// - 96 x 96 below D=128: 1.26x on the mid-size LM (L=385, Hq=12, Hkv=4,
+//   D=64, causal), 1.23x on its CLIP tower (L=257, D=64), 1.02x on ViT-H at
+//   448 px (L=1025, D=80). 64-wide tiles gained less on the towers
+//   (1.09-1.12x) and lost on ViT-H (0.96-0.98x); 32-wide did worse on both.
+// - 64 x 64 from D=128: 1.8x on Yi-6B's text (L=1280, Hq=32, Hkv=4, D=128,
+//   causal), where 96 x 96 gave 1.6x: the backward's working set (the Q, dO,
+//   dQ rows, K, V, dK, dV rows and the two score tiles) grows with D and
+//   stays in L2 only with the smaller tile.
+// Smaller tiles also waste less on the causal diagonal.
+enum { ATTENTION_TILE_MAX = 96 };
+
+static int tile_side(int D) { return D >= 128 ? 64 : ATTENTION_TILE_MAX; }
 
 // What one call reads, shared by its tasks.
 typedef struct {
@@ -70,6 +74,7 @@ typedef struct {
     int group;   // query heads per KV head
     int qs, ks;  // row strides of q (out, dq) and of k, v (dk, dv)
     float scale;
+    int tile;  // query rows and keys of a tile, tile_side(D); also the row stride of the score tiles
 } Attention;
 
 static int min_int(int a, int b) { return a < b ? a : b; }
@@ -99,11 +104,11 @@ static int tile_partial(const Attention *a, int i0, int j0, int cols, int unmask
     return unmasked < cols || (a->causal && j0 + cols - 1 > i0);
 }
 
-// Scores S [rows, TILE_K] of a partial tile: invisible entries become -inf.
+// Scores S [rows, tile] of a partial tile: invisible entries become -inf.
 static void mask_tile(const Attention *a, float *S, int b, int i0, int rows, int j0, int cols) {
     const int32_t *m = a->key_mask ? a->key_mask + (size_t)b * a->L + j0 : NULL;
     for (int r = 0; r < rows; r++) {
-        float *s = S + (size_t)r * ATTENTION_TILE_K;
+        float *s = S + (size_t)r * a->tile;
         int seen = a->causal ? min_int(i0 + r - j0 + 1, cols) : cols;  // causal: keys c < seen
         if (seen < 0) seen = 0;
         for (int c = seen; c < cols; c++) s[c] = -INFINITY;
@@ -115,9 +120,9 @@ static void mask_tile(const Attention *a, float *S, int b, int i0, int rows, int
 
 // A thread's scratch in the forward.
 typedef struct {
-    float S[ATTENTION_TILE_Q * ATTENTION_TILE_K];  // scores of a tile, then exp(s - m)
-    float m[ATTENTION_TILE_Q];                      // running row max
-    double l[ATTENTION_TILE_Q];                     // running row sum of exp(s - m)
+    float S[ATTENTION_TILE_MAX * ATTENTION_TILE_MAX];  // scores of a tile, then exp(s - m)
+    float m[ATTENTION_TILE_MAX];                       // running row max
+    double l[ATTENTION_TILE_MAX];                      // running row sum of exp(s - m)
 } ForwardScratch;
 
 // Forward of one query tile of head h in sequence b, with the online
@@ -127,7 +132,7 @@ typedef struct {
 static void forward_tile(const Attention *a, float *out, float *lse, int b, int h, int i0, ForwardScratch *w) {
     float *S = w->S, *m = w->m;
     double *l = w->l;
-    int rows = min_int(ATTENTION_TILE_Q, a->L - i0), D = a->D, qs = a->qs, ks = a->ks;
+    int rows = min_int(a->tile, a->L - i0), D = a->D, qs = a->qs, ks = a->ks;
     size_t at = ((size_t)b * a->L + i0) * qs + (size_t)h * D;
     size_t kv = (size_t)b * a->L * ks + (size_t)(h / a->group) * D;
     const float *Q = a->q + at, *K = a->k + kv, *V = a->v + kv;
@@ -138,14 +143,14 @@ static void forward_tile(const Attention *a, float *out, float *lse, int b, int 
         memset(O + (size_t)r * qs, 0, sizeof(float) * (size_t)D);
     }
     int end = keys_end(a, i0, rows);
-    for (int j0 = 0; j0 < end; j0 += ATTENTION_TILE_K) {
-        int cols = min_int(ATTENTION_TILE_K, end - j0), unmasked = keys_unmasked(a, b, j0, cols);
+    for (int j0 = 0; j0 < end; j0 += a->tile) {
+        int cols = min_int(a->tile, end - j0), unmasked = keys_unmasked(a, b, j0, cols);
         if (unmasked == 0) continue;
         // S = scale Q K^T
-        gemm(0, 1, rows, cols, D, a->scale, Q, qs, K + (size_t)j0 * ks, ks, 0.0f, S, ATTENTION_TILE_K);
+        gemm(0, 1, rows, cols, D, a->scale, Q, qs, K + (size_t)j0 * ks, ks, 0.0f, S, a->tile);
         if (tile_partial(a, i0, j0, cols, unmasked)) mask_tile(a, S, b, i0, rows, j0, cols);
         for (int r = 0; r < rows; r++) {
-            float *s = S + (size_t)r * ATTENTION_TILE_K;
+            float *s = S + (size_t)r * a->tile;
             float tile_max = -INFINITY;
 #pragma omp simd reduction(max : tile_max)
             for (int c = 0; c < cols; c++) tile_max = s[c] > tile_max ? s[c] : tile_max;
@@ -166,7 +171,7 @@ static void forward_tile(const Attention *a, float *out, float *lse, int b, int 
                 for (int d = 0; d < D; d++) o[d] *= alpha;
             }
         }
-        gemm(0, 0, rows, D, cols, 1.0f, S, ATTENTION_TILE_K, V + (size_t)j0 * ks, ks, 1.0f, O, qs);  // O += P V
+        gemm(0, 0, rows, D, cols, 1.0f, S, a->tile, V + (size_t)j0 * ks, ks, 1.0f, O, qs);  // O += P V
     }
     float *row_lse = lse + ((size_t)b * a->Hq + h) * a->L + i0;
     for (int r = 0; r < rows; r++) {
@@ -187,9 +192,9 @@ static int attention_parallel(int B, int L, int Hq, int D) {
 
 void attention_forward(float *out, float *lse, const float *q, const float *k, const float *v, const int32_t *key_mask,
                        int B, int L, int Hq, int Hkv, int D, int causal, float scale) {
-    Attention a = {q, k, v, key_mask, B, L, Hq, Hkv, D, causal, Hq / Hkv, Hq * D, Hkv * D, scale};
+    Attention a = {q, k, v, key_mask, B, L, Hq, Hkv, D, causal, Hq / Hkv, Hq * D, Hkv * D, scale, tile_side(D)};
     int parallel = attention_parallel(B, L, Hq, D), threads = parallel ? omp_get_max_threads() : 1;
-    int tiles = (L + ATTENTION_TILE_Q - 1) / ATTENTION_TILE_Q;
+    int tiles = (L + a.tile - 1) / a.tile;
     ForwardScratch *scratch = malloc(sizeof(ForwardScratch) * (size_t)threads);
     if (scratch == NULL) return;
     // Tasks (b, h, query tile) are independent. Dynamic scheduling, the
@@ -197,16 +202,16 @@ void attention_forward(float *out, float *lse, const float *q, const float *k, c
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (parallel)
     for (long task = 0; task < (long)B * Hq * tiles; task++) {
         int tile = tiles - 1 - (int)(task % tiles), bh = (int)(task / tiles);
-        forward_tile(&a, out, lse, bh / Hq, bh % Hq, tile * ATTENTION_TILE_Q, &scratch[omp_get_thread_num()]);
+        forward_tile(&a, out, lse, bh / Hq, bh % Hq, tile * a.tile, &scratch[omp_get_thread_num()]);
     }
     free(scratch);
 }
 
 // A thread's scratch in the backward.
 typedef struct {
-    float S[ATTENTION_TILE_Q * ATTENTION_TILE_K];   // scores of a tile, then P
-    float dP[ATTENTION_TILE_Q * ATTENTION_TILE_K];  // dO V^T, then dS
-    float delta[ATTENTION_TILE_Q];                  // rowsum(dO * O)
+    float S[ATTENTION_TILE_MAX * ATTENTION_TILE_MAX];   // scores of a tile, then P
+    float dP[ATTENTION_TILE_MAX * ATTENTION_TILE_MAX];  // dO V^T, then dS
+    float delta[ATTENTION_TILE_MAX];                    // rowsum(dO * O)
 } BackwardScratch;
 
 // Backward of one query tile of head h in sequence b against every key tile
@@ -216,7 +221,7 @@ typedef struct {
 static void backward_tile(const Attention *a, float *dq, float *dK, float *dV, int dkv_stride, const float *dout,
                           const float *out, const float *lse, int b, int h, int i0, BackwardScratch *w) {
     float *S = w->S, *dP = w->dP, *delta = w->delta;
-    int rows = min_int(ATTENTION_TILE_Q, a->L - i0), D = a->D, qs = a->qs, ks = a->ks;
+    int rows = min_int(a->tile, a->L - i0), D = a->D, qs = a->qs, ks = a->ks;
     size_t at = ((size_t)b * a->L + i0) * qs + (size_t)h * D;
     size_t kv = (size_t)b * a->L * ks + (size_t)(h / a->group) * D;
     const float *Q = a->q + at, *K = a->k + kv, *V = a->v + kv, *dO = dout + at, *O = out + at;
@@ -227,15 +232,15 @@ static void backward_tile(const Attention *a, float *dq, float *dK, float *dV, i
         memset(dQ + (size_t)r * qs, 0, sizeof(float) * (size_t)D);
     }
     int end = keys_end(a, i0, rows);
-    for (int j0 = 0; j0 < end; j0 += ATTENTION_TILE_K) {
-        int cols = min_int(ATTENTION_TILE_K, end - j0), unmasked = keys_unmasked(a, b, j0, cols);
+    for (int j0 = 0; j0 < end; j0 += a->tile) {
+        int cols = min_int(a->tile, end - j0), unmasked = keys_unmasked(a, b, j0, cols);
         if (unmasked == 0) continue;
         const float *Kj = K + (size_t)j0 * ks, *Vj = V + (size_t)j0 * ks;
-        gemm(0, 1, rows, cols, D, a->scale, Q, qs, Kj, ks, 0.0f, S, ATTENTION_TILE_K);  // S = scale Q K^T
-        gemm(0, 1, rows, cols, D, 1.0f, dO, qs, Vj, ks, 0.0f, dP, ATTENTION_TILE_K);    // dP = dO V^T
+        gemm(0, 1, rows, cols, D, a->scale, Q, qs, Kj, ks, 0.0f, S, a->tile);  // S = scale Q K^T
+        gemm(0, 1, rows, cols, D, 1.0f, dO, qs, Vj, ks, 0.0f, dP, a->tile);    // dP = dO V^T
         if (tile_partial(a, i0, j0, cols, unmasked)) mask_tile(a, S, b, i0, rows, j0, cols);
         for (int r = 0; r < rows; r++) {
-            float *p = S + (size_t)r * ATTENTION_TILE_K, *ds = dP + (size_t)r * ATTENTION_TILE_K;
+            float *p = S + (size_t)r * a->tile, *ds = dP + (size_t)r * a->tile;
             float row = row_lse[r], dr = delta[r];
             if (row == INFINITY) {  // row saw no key: no gradient through it
                 memset(p, 0, sizeof(float) * (size_t)cols);
@@ -250,9 +255,9 @@ static void backward_tile(const Attention *a, float *dq, float *dK, float *dV, i
             }
         }
         float *dKj = dK + (size_t)j0 * dkv_stride, *dVj = dV + (size_t)j0 * dkv_stride;
-        gemm(1, 0, cols, D, rows, 1.0f, S, ATTENTION_TILE_K, dO, qs, 1.0f, dVj, dkv_stride);  // dV += P^T dO
-        gemm(1, 0, cols, D, rows, 1.0f, dP, ATTENTION_TILE_K, Q, qs, 1.0f, dKj, dkv_stride);  // dK += dS^T Q
-        gemm(0, 0, rows, D, cols, 1.0f, dP, ATTENTION_TILE_K, Kj, ks, 1.0f, dQ, qs);          // dQ += dS K
+        gemm(1, 0, cols, D, rows, 1.0f, S, a->tile, dO, qs, 1.0f, dVj, dkv_stride);  // dV += P^T dO
+        gemm(1, 0, cols, D, rows, 1.0f, dP, a->tile, Q, qs, 1.0f, dKj, dkv_stride);  // dK += dS^T Q
+        gemm(0, 0, rows, D, cols, 1.0f, dP, a->tile, Kj, ks, 1.0f, dQ, qs);          // dQ += dS K
     }
 }
 
@@ -269,9 +274,9 @@ static int part_of(int idx, int parts) {
 void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
                         const float *q, const float *k, const float *v, const int32_t *key_mask, int B, int L, int Hq,
                         int Hkv, int D, int causal, float scale) {
-    Attention a = {q, k, v, key_mask, B, L, Hq, Hkv, D, causal, Hq / Hkv, Hq * D, Hkv * D, scale};
+    Attention a = {q, k, v, key_mask, B, L, Hq, Hkv, D, causal, Hq / Hkv, Hq * D, Hkv * D, scale, tile_side(D)};
     int parallel = attention_parallel(B, L, Hq, D), threads = parallel ? omp_get_max_threads() : 1;
-    int tiles = (L + ATTENTION_TILE_Q - 1) / ATTENTION_TILE_Q, units = B * Hkv, pairs = a.group * tiles;
+    int tiles = (L + a.tile - 1) / a.tile, units = B * Hkv, pairs = a.group * tiles;
     // A unit is one (b, KV head): all the query heads reading that KV head, so
     // it alone adds into those dK, dV rows and writes those dq rows; units run
     // in parallel with no shared writes, and each sum runs in a fixed order
@@ -315,7 +320,7 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
             for (int idx = 0; idx < pairs; idx++)
                 if (part_of(idx, parts) == part)
                     backward_tile(&a, dq, dK, dV, stride, dout, out, lse, b, g * a.group + idx / tiles,
-                                  (idx % tiles) * ATTENTION_TILE_Q, w);
+                                  (idx % tiles) * a.tile, w);
         }
         if (parts > 1) {
 #pragma omp for schedule(static)
