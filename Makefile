@@ -60,7 +60,7 @@ TEST_BINS := $(patsubst tests/bin/%.c,$(BUILD)/tests/bin/%,$(sort $(wildcard tes
 # regressions (tests/python/test_fuzz_replay.py runs them).
 FUZZ_REPLAY := $(patsubst tests/fuzz/fuzz_%.c,$(BUILD)/tests/fuzz/replay_%,$(sort $(wildcard tests/fuzz/fuzz_*.c)))
 
-.PHONY: all debug asan test test-asan fuzz lib-sources clean demo cuda-tests
+.PHONY: all debug asan test test-asan fuzz lib-sources lib-cflags lib-ldlibs clean demo cuda-tests
 
 all: $(BUILD)/vlft
 
@@ -117,6 +117,15 @@ fuzz:
 # builds its targets from this list so that it cannot drift from the Makefile's.
 lib-sources:
 	@printf '%s\n' $(LIB_SRC)
+
+# The include and link flags of the CPU build's libraries: the bench/ scripts
+# and tests/fuzz/run.sh link build/libvlft.a into programs of their own with
+# these, so that a library added here reaches them too.
+lib-cflags:
+	@echo $(shell pkg-config --cflags $(PKGS))
+
+lib-ldlibs:
+	@echo $(LDLIBS)
 
 demo: $(BUILD)/vlft
 	examples/demo.sh

@@ -15,16 +15,13 @@ make -s -j2 build/libvlft.a
 work=${KEEP:-$(mktemp -d)}
 mkdir -p "$work"
 [ -z "${KEEP:-}" ] && trap 'rm -rf "$work"' EXIT
-# Same OpenBLAS (the OpenMP build) as the Makefile links.
-blas_pc=$(ls -d /usr/lib/*/openblas-openmp/pkgconfig 2>/dev/null | head -1 || true)
-[ -n "$blas_pc" ] && export PKG_CONFIG_PATH="$blas_pc${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
-pkgs="yaml-0.1 libcjson libpng libjpeg libwebpdemux openblas cairo fontconfig"
-rpath=${blas_pc:+-Wl,-rpath,${blas_pc%/pkgconfig}}
+# The libraries (and the OpenMP build of OpenBLAS) exactly as the Makefile links vlft.
+libs=$(make -s --no-print-directory lib-ldlibs)
 git show "$base:src/kernels/cpu/attention.c" | sed 's|#include "../kernels.h"|#include "kernels.h"|' >"$work/old_attention.c"
 # The baseline's public functions get an old_ prefix so both versions link.
 cc -std=c11 -D_GNU_SOURCE -O2 -fopenmp -I"$root/src/kernels" -I"$root/src/kernels/cpu" -c "$work/old_attention.c" -o "$work/old_attention.o" \
     -Dattention_forward=old_attention_forward -Dattention_backward=old_attention_backward \
     -Drope_forward=old_rope_forward -Drope_backward=old_rope_backward -Drope_forward_at=old_rope_forward_at
 cc -std=c11 -D_GNU_SOURCE -O2 -fopenmp "$root/bench/attention.c" "$work/old_attention.o" "$root/build/libvlft.a" \
-    -o "$work/bench_attention" -Wl,--wrap=malloc,--wrap=free,--wrap=calloc $(pkg-config --libs $pkgs) -ldnnl $rpath -lm -lpthread
+    -o "$work/bench_attention" -Wl,--wrap=malloc,--wrap=free,--wrap=calloc $libs
 OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE} "$work/bench_attention" "$threads" "$repeat"

@@ -14,11 +14,8 @@ cd "$root"
 make -s -j2 build/libvlft.a
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-# Same OpenBLAS (the OpenMP build) as the Makefile links.
-blas_pc=$(ls -d /usr/lib/*/openblas-openmp/pkgconfig 2>/dev/null | head -1 || true)
-[ -n "$blas_pc" ] && export PKG_CONFIG_PATH="$blas_pc${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
-pkgs="yaml-0.1 libcjson libpng libjpeg libwebpdemux openblas cairo fontconfig"
-rpath=${blas_pc:+-Wl,-rpath,${blas_pc%/pkgconfig}}
+# The libraries (and the OpenMP build of OpenBLAS) exactly as the Makefile links vlft.
+libs=$(make -s --no-print-directory lib-ldlibs)
 # The baseline's files, compiled as the Makefile does (-O2, OpenMP), with
 # every function they define renamed old_* so both versions link.
 for f in elementwise loss; do
@@ -28,5 +25,5 @@ for f in elementwise loss; do
     objcopy --redefine-syms="$work/$f.syms" "$work/old_$f.o"
 done
 cc -std=c11 -D_GNU_SOURCE -O2 -fopenmp "$root/bench/elementwise_exp.c" "$work/old_elementwise.o" "$work/old_loss.o" \
-    "$root/build/libvlft.a" -o "$work/bench_elementwise_exp" $(pkg-config --libs $pkgs) -ldnnl $rpath -lm -lpthread
+    "$root/build/libvlft.a" -o "$work/bench_elementwise_exp" $libs
 OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE} "$work/bench_elementwise_exp" "$threads" "$repeat"

@@ -8,9 +8,8 @@ iterations=${1:-30}
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-pkgs="yaml-0.1 libcjson libpng libjpeg libwebpdemux openblas cairo"
-cc -std=c11 -D_GNU_SOURCE -O2 $(pkg-config --cflags $pkgs) "$root/bench/bench_image.c" "$root/build/libvlft.a" \
-    -o "$work/bench_image" $(pkg-config --libs $pkgs) -fopenmp -lm -lpthread
+cc -std=c11 -D_GNU_SOURCE -O2 $(make -s --no-print-directory -C "$root" lib-cflags) "$root/bench/bench_image.c" \
+    "$root/build/libvlft.a" -o "$work/bench_image" $(make -s --no-print-directory -C "$root" lib-ldlibs)
 /usr/bin/python3 - "$work" <<'PY'
 import json, sys
 import numpy as np

@@ -9,7 +9,7 @@ repeats=${2:-5}
 make -s build/libvlft.a
 bin=$(mktemp)
 cc -O2 -fopenmp -std=c11 -D_GNU_SOURCE bench/optimizer_step.c build/libvlft.a -o "$bin" \
-    $(pkg-config --libs yaml-0.1 libcjson libpng libjpeg openblas cairo fontconfig) -lm
+    $(make -s --no-print-directory lib-ldlibs)
 vlft_s=$("$bin" "$n" "$repeats")
 rm -f "$bin"
 torch_s=$(/usr/bin/python3 - "$n" "$repeats" <<'PY'

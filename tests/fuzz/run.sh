@@ -7,8 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 seconds=${1:-60}
 shift || true
-pkgs="yaml-0.1 libcjson libpng libjpeg libwebpdemux openblas cairo fontconfig"
-flags="-std=c11 -D_GNU_SOURCE -DFUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION -g -O1 -fopenmp -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined $(pkg-config --cflags $pkgs)"
+# Include and link flags of the library's dependencies as the Makefile has them.
+flags="-std=c11 -D_GNU_SOURCE -DFUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION -g -O1 -fopenmp -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined $(make -s --no-print-directory lib-cflags)"
+libs=$(make -s --no-print-directory lib-ldlibs)
 out=build-fuzz
 mkdir -p "$out/obj"
 # The library as the Makefile builds it without CUDA (make lib-sources), less
@@ -27,7 +28,7 @@ fi
 status=0
 for name in "${targets[@]}"; do
     clang $flags -fsanitize=fuzzer "tests/fuzz/fuzz_$name.c" "${objs[@]}" -o "$out/fuzz_$name" \
-        $(pkg-config --libs $pkgs) -ldnnl -lm -lpthread
+        $libs
     corpus="tests/fuzz/corpus/$name"
     work="$out/corpus_$name"
     findings="tests/fuzz/findings/$name"
