@@ -58,7 +58,8 @@ void rope_forward_at(float *x, int N, int H, int D, float theta, int pos0) { rop
 //   448 px (L=1025, D=80). 64-wide tiles gained less on the towers
 //   (1.09-1.12x) and lost on ViT-H (0.96-0.98x); 32-wide did worse on both.
 // - 64 x 64 from D=128: 1.8x on Yi-6B's text (L=1280, Hq=32, Hkv=4, D=128,
-//   causal), where 96 x 96 gave 1.6x: the backward's working set (the Q, dO,
+//   causal), where 96 x 96 gave 1.6x (a later side-by-side run of the two:
+//   1.29x for 64 x 64 over 96 x 96): the backward's working set (the Q, dO,
 //   dQ rows, K, V, dK, dV rows and the two score tiles) grows with D and
 //   stays in L2 only with the smaller tile.
 // Smaller tiles also waste less on the causal diagonal.
@@ -201,8 +202,8 @@ void attention_forward(float *out, float *lse, const float *q, const float *k, c
     // longest (last, under a causal mask) query tiles first, ends balanced.
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (parallel)
     for (long task = 0; task < (long)B * Hq * tiles; task++) {
-        int tile = tiles - 1 - (int)(task % tiles), bh = (int)(task / tiles);
-        forward_tile(&a, out, lse, bh / Hq, bh % Hq, tile * a.tile, &scratch[omp_get_thread_num()]);
+        int index = tiles - 1 - (int)(task % tiles), bh = (int)(task / tiles);  // query tile, last first
+        forward_tile(&a, out, lse, bh / Hq, bh % Hq, index * a.tile, &scratch[omp_get_thread_num()]);
     }
     free(scratch);
 }
