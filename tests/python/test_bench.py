@@ -32,8 +32,7 @@ def test_attention_bench_runs_and_agrees_with_its_baseline():
 
 def test_elementwise_bench_runs_and_agrees_with_its_baseline():
     out = run_script(os.path.join(BENCH, "elementwise_exp.sh"), 2, 1, "HEAD")
-    rows = [line for line in out.splitlines() if line.rstrip().endswith("x") or "(loss" in line]
-    assert any(line.startswith("swiglu") for line in rows) and any(line.startswith("cross_entropy") for line in rows), out
+    assert re.search(r"^swiglu .*x$", out, re.M) and re.search(r"^cross_entropy .*\(loss", out, re.M), out
     new_loss, old_loss = map(float, re.search(r"\(loss ([0-9.e+-]+) vs ([0-9.e+-]+)\)", out).groups())
     assert abs(new_loss - old_loss) <= 1e-3 * abs(old_loss), out
 
@@ -53,8 +52,8 @@ def test_optimizer_bench_runs():
 def test_python_benches_and_device_script_load():
     # The Python benches take minutes on the mid-size model, so here they are
     # only imported (in a child, as they set thread variables when loaded):
-    # that catches a renamed helper or a syntax error. The GPU script is
-    # checked by bash -n.
+    # that catches a renamed helper or a syntax error. The GPU script cannot
+    # run here: bash -n checks its syntax (the other scripts ran above).
     scripts = sorted(os.path.join(d, f) for d in (BENCH, os.path.join(BENCH, "cuda"))
                      for f in os.listdir(d) if f.endswith(".py"))
     assert len(scripts) >= 8, scripts
@@ -69,6 +68,5 @@ def test_python_benches_and_device_script_load():
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("loaded ") == len(scripts), result.stdout
-    for sh in ("cuda/device_check.sh", "attention.sh", "elementwise_exp.sh", "image_preprocess.sh", "optimizer.sh"):
-        check = subprocess.run(["bash", "-n", os.path.join(BENCH, sh)], capture_output=True, text=True)
-        assert check.returncode == 0, (sh, check.stderr)
+    check = subprocess.run(["bash", "-n", os.path.join(BENCH, "cuda", "device_check.sh")], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr

@@ -1,9 +1,10 @@
 // Tiled attention (src/kernels/cpu/attention.c: tiles of 96 query rows x
-// 96 keys, or 64 x 64 from head dimension 128, online softmax) against a float64 reference written here: outputs,
-// log-sum-exp and the three gradients, for shapes around the tile sizes,
-// grouped heads, causal or not, right padding and query rows that see no key
-// at all; a finite-difference check of the backward on a shape crossing
-// tiles; and the same bits whatever the thread count.
+// 96 keys, or 64 x 64 from head dimension 128, online softmax) against a
+// float64 reference written here: outputs, log-sum-exp and the three
+// gradients, for shapes around the tile sizes, grouped heads, causal or not,
+// right padding and query rows that see no key at all; a finite-difference
+// check of the backward on a shape crossing tiles; and the same bits
+// whatever the thread count.
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdio.h>
